@@ -1,0 +1,276 @@
+"""The ``rl2`` command line. Each command is a thin layer over the Python API.
+
+Exit codes: 0 success; 1 finished, but some inputs failed (e.g. a broken slide in a batch);
+2 bad input or usage (one-line message, no traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import RL2Error
+
+EXIT_PARTIAL = 1
+EXIT_INPUT = 2
+
+CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
+
+
+def _err(msg: str) -> None:
+    click.echo(f"rl2: {msg}", err=True)
+
+
+def _print_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def _report_skipped(skipped) -> None:
+    for s in skipped:
+        _err(f"skipped {s['reason']}")
+
+
+def _fmt_ci(ci) -> str:
+    return "n/a (needs 2+ images)" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+# Options shared by the commands that run the network.
+def compute_options(f):
+    f = click.option("--batch-size", default=64, show_default=True, help="Images per forward pass (does not change results).")(f)
+    f = click.option("--workers", default=2, show_default=True, help="Decoding threads; 0 decodes in the main thread (does not change results).")(f)
+    f = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto (cuda when available).")(f)
+    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(f)
+    return f
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="rl2")
+def cli():
+    """RL2: how far H&E images are from real tissue.
+
+    \b
+    Typical use:
+      rl2 fit real_patches/ -o ref.rl2          # learn real tissue (once)
+      rl2 score ref.rl2 generated/              # one number, with a 95% interval
+      rl2 score ref.rl2 batch/ --per-image s.csv --json
+      rl2 demo                                  # a 1-2 minute tour on bundled CC0 patches
+
+    Images can be folders (searched recursively), glob patterns in quotes ("runs/*/img_*.png"),
+    or .txt files that list one path a line. Lower RL2 is better; about 0 means indistinguishable
+    from the real held-out images. Run any command with -h for its options.
+    """
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("real", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Reference file to write (e.g. ref.rl2).")
+@click.option("--backbone", default="efficientnet-lite0", show_default=True, help="Feature extractor: efficientnet-lite0, resnet18, resnet18-random-TESTONLY.")
+@click.option("--weights", type=click.Path(), help="Backbone weights file (.pth or .safetensors); needed for resnet18 offline.")
+@click.option("--readout", help="Feature read-out: gap (default) or, for resnet18, paper (layer4 pooled 2x2 at 256 px, 8192-d).")
+@click.option("--dims", default=64, show_default=True, help="Latent dimension (PCA components fed to the flow).")
+@click.option("--holdout", default=0.25, show_default=True, help="Fraction of real images held out for early stopping and the reference statistics.")
+@click.option("--seed", default=0, show_default=True, help="Seed for the split, the flow's init and its training.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
+@compute_options
+def fit(real, output, backbone, weights, readout, dims, holdout, seed, force, strict, as_json, batch_size, workers, device, quiet):
+    """Learn what real tissue looks like from REAL images and save a reference.
+
+    Extracts backbone features, trains a normalizing flow on most of them and keeps the rest
+    (--holdout) for early stopping and for the reference statistics.
+    """
+    from .latents import FlowConfig
+    from .reference import fit_reference
+
+    if Path(output).exists() and not force:
+        raise RL2Error(f"{output}: already exists; pass --force to overwrite it")
+    ref, log = fit_reference(
+        list(real), backbone=backbone, weights=weights, readout=readout,
+        config=FlowConfig(pca_dims=dims, seed=seed), holdout=holdout, device=device,
+        batch_size=batch_size, workers=workers, strict=strict, progress=not quiet,
+    )
+    ref.save(output)
+    skipped = [{"path": str(s.path), "reason": s.reason} for s in log.skipped]
+    _report_skipped(skipped)
+    summary = {"output": output, **ref.meta["counts"], "reference": ref.summary(), "training": ref.meta["training"],
+               "skipped_files": skipped}
+    if as_json:
+        _print_json(summary)
+    else:
+        c = ref.meta["counts"]
+        click.echo(f"wrote {output}")
+        click.echo(f"  images: {c['used']} used ({c['train']} train, {c['heldout']} held out), {c['skipped']} skipped")
+        click.echo(f"  backbone: {ref.identity.name} ({ref.identity.readout}), weights sha256 {ref.identity.weights_sha256[:12]}...")
+        click.echo(f"  flow: {ref.dims}-d latents, best epoch {ref.meta['training']['best_epoch']}, "
+                   f"held-out NLL {ref.meta['training']['heldout_nll_per_dim']:.3f} nats/dim")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("reference", type=click.Path())
+@click.argument("images", nargs=-1, required=True)
+@click.option("--per-image", type=click.Path(dir_okay=False), help="Write one CSV row per image: score, NLL, status.")
+@click.option("--weights", type=click.Path(), help="Backbone weights, if the reference's backbone needs a file (resnet18).")
+@click.option("--bootstrap", default=200, show_default=True, help="Bootstrap replicates for the 95% interval (0 = none).")
+@click.option("--seed", default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (rl2, l2, rl2_unbiased, ci95, n_images, n_skipped, reference, ...).")
+@compute_options
+def score(reference, images, per_image, weights, bootstrap, seed, strict, as_json, batch_size, workers, device, quiet):
+    """Score IMAGES against a REFERENCE made by `rl2 fit`.
+
+    \b
+    rl2           RMS distance between latent means, ||mu_ref - mu_set|| / sqrt(d)
+    l2            the same distance without the 1/sqrt(d)
+    rl2_unbiased  rl2 with the finite-sample terms removed (fair for small sets;
+                  can be slightly negative when the sets agree)
+    ci95          seeded bootstrap 95% interval of the true (infinite-sample) RL2;
+                  both sets are resampled. Small sets have rl2 above it.
+    """
+    from .reference import Reference
+    from .scores import score as run_score
+
+    ref = Reference.load(reference)
+    res = run_score(ref, list(images), per_image=per_image, batch_size=batch_size, workers=workers, device=device,
+                    weights=weights, bootstrap=bootstrap, seed=seed, strict=strict, progress=not quiet)
+    _report_skipped(res.skipped)
+    if as_json:
+        _print_json(res.to_dict())
+        return
+    click.echo(f"RL2            {res.rl2:.4f}")
+    click.echo(f"RL2 unbiased   {_fmt(res.rl2_unbiased)}   95% CI of the true RL2 {_fmt_ci(res.ci95)}")
+    click.echo(f"L2             {res.l2:.4f}   (d = {ref.dims})")
+    click.echo(f"images         {res.n_images} scored, {res.n_skipped} skipped"
+               + (f", {res.non_square} non-square (centre-cropped)" if res.non_square else "")
+               + (f", {res.n_ignored} non-image files ignored" if res.n_ignored else ""))
+    click.echo(f"per-image      mean score {res.mean_image_score:.4f} "
+               f"(held-out real: median {ref.meta['heldout_score_percentiles']['50']:.4f})")
+    click.echo(f"reference      {ref.identity.name}/{ref.identity.readout}, weights {ref.identity.weights_sha256[:12]}..., "
+               f"fingerprint {ref.fingerprint}")
+    if per_image:
+        click.echo(f"wrote {per_image}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("reference", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the full metadata as JSON.")
+def info(reference, as_json):
+    """Show what a REFERENCE file holds: backbone, weights, preprocessing, flow, counts."""
+    from .reference import Reference
+
+    ref = Reference.load(reference)
+    if as_json:
+        _print_json({"summary": ref.summary(), "meta": ref.meta})
+        return
+    s = ref.summary()
+    for k, v in s.items():
+        click.echo(f"{k:14s} {v}")
+    click.echo(f"{'created':14s} {ref.meta.get('created')} with rl2 {ref.meta.get('rl2_version')}")
+    click.echo(f"{'counts':14s} {ref.meta.get('counts')}")
+    click.echo(f"{'held-out p99':14s} {ref.threshold(99):.4f} (default QC threshold)")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("src")
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--kind", required=True, help="blur, noise, noise_blend, salt_pepper, occlusion, diffusion or jpeg.")
+@click.option("--level", required=True, type=float, help="Severity; 0 is the identity. See `rl2 degrade -h` for units.")
+@click.option("--seed", default=0, show_default=True, help="Seed; image i uses seed + i.")
+def degrade(src, dst, kind, level, seed):
+    """Write degraded copies of the images in SRC to the folder DST (as PNG, same relative paths).
+
+    \b
+    kind         level means                      example levels
+    blur         Gaussian sigma in pixels         0.5 1 2 4
+    noise        Gaussian sigma on a 0-1 scale    0.02 0.05 0.1 0.2
+    noise_blend  alpha in (1-alpha)*img + alpha*uniform noise
+    salt_pepper  fraction of pixels               0.01 0.05 0.2
+    occlusion    area fraction covered (black)    0.1 0.3 0.5
+    diffusion    DDPM timestep t of 1000          25 100 400
+    jpeg         100 - JPEG quality               50 80 95
+    """
+    from .degrade import degrade_folder
+
+    n, skipped = degrade_folder(src, dst, kind, level, seed=seed)
+    for s in skipped:
+        _err(f"skipped {s}")
+    click.echo(f"wrote {n} images to {dst}" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    if skipped:
+        sys.exit(EXIT_PARTIAL)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep the demo's reference and degraded copies here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@compute_options
+def demo(workdir, as_json, batch_size, workers, device, quiet):
+    """Fit a reference on bundled CC0 PatchCamelyon patches, then score held-out and degraded copies.
+
+    Takes one to two minutes on 2 CPU cores, fully offline.
+    """
+    from .demo import run_demo
+
+    run_demo(workdir=workdir, as_json=as_json, batch_size=batch_size, workers=workers, device=device, progress=not quiet)
+
+
+def _register_optional():
+    """Commands that live in their own modules (sweep, qc) register themselves here."""
+    for mod in ("sweep", "qc"):
+        try:
+            m = __import__(f"rl2.{mod}_cli", fromlist=["command"])
+        except ModuleNotFoundError as e:
+            if e.name != f"rl2.{mod}_cli":
+                raise
+            continue
+        cli.add_command(m.command)
+
+
+_register_optional()
+
+
+def main(argv=None) -> None:
+    try:
+        cli.main(args=argv, prog_name="rl2", standalone_mode=False)
+    except click.exceptions.Abort:
+        _err("interrupted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except RL2Error as e:
+        _err(str(e))
+        sys.exit(e.exit_code)
+    except MemoryError:
+        _err("out of memory; try a smaller --batch-size")
+        sys.exit(EXIT_INPUT)
+    except Exception as e:  # a bug, not bad input: still one line, traceback on request
+        if os.environ.get("RL2_DEBUG"):
+            raise
+        _err(f"internal error: {type(e).__name__}: {e} (set RL2_DEBUG=1 for a traceback)")
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Images in: find files, decode them to RGB, resize them for a backbone, and batch them.
+
+Colour policy (documented in the README):
+- EXIF orientation is applied first.
+- Alpha (RGBA, LA, palette with transparency) is composited on white, the colour of empty glass.
+- 16-bit images (``I;16*``, ``I``) are scaled to 8 bits by ``round(v / 257)``, so 65535 maps to 255.
+  Float images (``F``) are taken as 0..1.
+- Palette, CMYK, YCbCr, LAB, HSV, grayscale and 1-bit images go through Pillow's own conversion to RGB.
+
+Resize policy: the largest centred square is cropped (non-square images lose their margins, and the
+count of such images is reported), then resized to the backbone's input size with Pillow's bicubic
+filter, which is antialiased when shrinking.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import ImageError, NoImagesError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+LIST_EXTENSIONS = (".txt", ".lst", ".list")
+MIN_SIDE = 16  # smaller images carry no tissue texture at any magnification
+MAX_PIXELS = 40_000 * 40_000  # larger files are treated as decompression bombs
+
+
+@dataclass
+class ImageSet:
+    """Resolved image paths, plus what was left out while resolving them."""
+
+    paths: list[Path]
+    ignored: list[Path] = field(default_factory=list)  # files in folders that are not images
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _from_list_file(path: Path) -> list[Path]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            p = Path(line).expanduser()
+            out.append(p if p.is_absolute() else path.parent / p)
+    return out
+
+
+def collect_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> ImageSet:
+    """Resolve folders (recursive), glob patterns, list files (.txt, one path a line) and image files.
+
+    Order is sorted within each input and inputs keep their order, so results are reproducible.
+    A missing path, an empty folder or a pattern that matches nothing is an error, not a silent skip.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    paths: list[Path] = []
+    ignored: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file())
+            found = [f for f in files if _is_image(f)]
+            ignored += [f for f in files if not _is_image(f)]
+            if not found:
+                raise NoImagesError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            paths += found
+        elif p.is_file() and p.suffix.lower() in LIST_EXTENSIONS:
+            listed = _from_list_file(p)
+            if not listed:
+                raise NoImagesError(f"{p}: list file names no images")
+            paths += listed
+        elif p.is_file():
+            paths.append(p)
+        elif glob.has_magic(str(item)):
+            matched = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
+            found = [m for m in matched if m.is_file() and _is_image(m)]
+            if not found:
+                raise NoImagesError(f"{item}: pattern matches no images")
+            paths += found
+        else:
+            raise NoImagesError(f"{p}: no such file or folder")
+    if not paths:
+        raise NoImagesError("no input images given")
+    return ImageSet(paths, ignored)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB by the policy in the module docstring."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        if a.max(initial=0) > 65535 or a.min(initial=0) < 0:
+            raise ValueError(f"32-bit integer values outside 0..65535 (mode {img.mode})")
+        return Image.fromarray(np.round(a / 257.0).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        a = np.clip(np.asarray(img, dtype=np.float64), 0.0, 1.0)
+        return Image.fromarray(np.round(a * 255.0).astype(np.uint8)).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode one image file to RGB. Raises ImageError naming the file on any failure."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat both as bombs.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ValueError(f"{im.width}x{im.height} px exceeds the {MAX_PIXELS:,} px limit")
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                rgb = to_rgb(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{path}: refused as a decompression bomb ({e})") from None
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image") from None
+    except Exception as e:  # Pillow raises many types for corrupt data
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageError(f"{path}: cannot read image ({reason})") from None
+    if min(rgb.size) < MIN_SIDE:
+        raise ImageError(f"{path}: image is {rgb.width}x{rgb.height} px; at least {MIN_SIDE} px a side is needed")
+    return rgb
+
+
+def center_square(img: Image.Image) -> Image.Image:
+    """Crop the largest centred square."""
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s))
+
+
+def prepare(img: Image.Image, size: int) -> np.ndarray:
+    """RGB PIL image -> HxWx3 uint8 array at the backbone's input size (the documented resize policy)."""
+    img = center_square(img)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+@dataclass
+class Batch:
+    """A batch of decoded images with their positions in the input list."""
+
+    indices: list[int]
+    pixels: np.ndarray  # B x H x W x 3, uint8
+    non_square: int = 0
+
+
+@dataclass
+class Skipped:
+    index: int
+    path: Path
+    reason: str
+
+
+def _load_one(path: Path, size: int):
+    try:
+        img = load_rgb(path)
+        return prepare(img, size), img.width != img.height, None
+    except ImageError as e:
+        return None, False, str(e)
+
+
+def iter_batches(
+    paths: Sequence[Path],
+    size: int,
+    batch_size: int = 64,
+    workers: int = 2,
+    skipped: list[Skipped] | None = None,
+    strict: bool = False,
+) -> Iterator[Batch]:
+    """Decode images in worker threads (Pillow releases the GIL) and yield them in input order.
+
+    Unreadable images are appended to ``skipped``; with ``strict`` or no ``skipped`` list they raise
+    ImageError. They are never dropped silently. The next batch is decoded while the caller runs the network on this one.
+    """
+    chunks = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
+    pool = ThreadPoolExecutor(workers) if workers > 0 else None
+
+    def submit(chunk):
+        if pool is None:
+            return [_load_one(paths[i], size) for i in chunk]
+        return [pool.submit(_load_one, paths[i], size) for i in chunk]
+
+    def gather(pending):
+        return pending if pool is None else [f.result() for f in pending]
+
+    try:
+        pending = submit(chunks[0]) if chunks else None
+        for k, chunk in enumerate(chunks):
+            results = gather(pending)
+            pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else None
+            idx, arrays, non_square = [], [], 0
+            for i, (arr, ns, err) in zip(chunk, results):
+                if err is not None:
+                    if strict or skipped is None:
+                        raise ImageError(err)
+                    skipped.append(Skipped(i, paths[i], err))
+                    continue
+                idx.append(i)
+                arrays.append(arr)
+                non_square += ns
+            if idx:
+                yield Batch(idx, np.stack(arrays), non_square)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

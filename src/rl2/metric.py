@@ -1,0 +1,59 @@
+"""A torchmetrics-style accumulator for training loops: ``update(images)`` then ``compute()``.
+
+State is a few float64 sums on the images' device, so it never holds a dataset. Tensors are
+N x 3 x H x W, uint8 or float in [0, 1], on CPU or GPU; they are resized on the device (torch bicubic,
+antialiased), which can differ from the file pipeline's Pillow resize by about one grey level.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .reference import Reference
+from .statistics import LatentStats, score_sets
+
+
+class RL2Metric:
+    def __init__(self, reference: Reference, device: str | torch.device | None = None, weights: str | None = None,
+                 bootstrap: int = 0, seed: int = 0):
+        """``bootstrap`` > 0 adds 95% intervals (weights are then drawn on the CPU for each image)."""
+        self.reference = reference
+        self.backbone = reference.backbone(weights=weights, device=str(device) if device is not None else None)
+        self.device = next(self.backbone.buffers()).device
+        reference.to(self.device)
+        self.bootstrap, self.seed = bootstrap, seed
+        self.reset()
+
+    def reset(self) -> None:
+        d = self.reference.dims
+        self.n = 0
+        self.sum = torch.zeros(d, dtype=torch.float64, device=self.device)
+        self.sumsq = torch.zeros(d, dtype=torch.float64, device=self.device)
+        self._boot = LatentStats(d, self.bootstrap, self.seed) if self.bootstrap else None
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"RL2Metric.update expects N x 3 x H x W images, got shape {tuple(images.shape)}")
+        if images.is_floating_point() and (images.min() < 0 or images.max() > 1):
+            raise ValueError("RL2Metric.update expects float images in [0, 1] (or uint8)")
+        z, _ = self.reference.latents_of(self.backbone(images.to(self.device)))
+        z = z.double()
+        if self._boot is not None:
+            self._boot.update(z.cpu().numpy(), range(self.n, self.n + len(z)))
+        self.n += len(z)
+        self.sum += z.sum(0)
+        self.sumsq += (z * z).sum(0)
+
+    def compute(self) -> dict:
+        """rl2, l2, rl2_unbiased, d2_unbiased, ci95 (None without bootstrap), n_images, reference."""
+        if self.n == 0:
+            raise ValueError("RL2Metric.compute called before any update")
+        stats = self._boot or LatentStats(self.reference.dims, replicates=0)
+        stats.n = self.n
+        stats.sum = self.sum.cpu().numpy()
+        stats.sumsq = self.sumsq.cpu().numpy()
+        out = score_sets(self.reference.moments, self.reference.latents, stats, seed=self.seed)
+        out["n_images"] = self.n
+        out["reference"] = self.reference.summary()
+        return out
