@@ -89,11 +89,12 @@ def cli():
 @click.option("--dims", default=64, show_default=True, help="Latent dimension (PCA components fed to the flow).")
 @click.option("--holdout", default=0.25, show_default=True, help="Fraction of real images held out for early stopping and the reference statistics.")
 @click.option("--seed", default=0, show_default=True, help="Seed for the split, the flow's init and its training.")
+@click.option("--mpp", type=float, help="Microns per pixel of the real images (recorded; `rl2 qc` tiles slides at it).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
 @compute_options
-def fit(real, output, backbone, weights, readout, dims, holdout, seed, force, strict, as_json, batch_size, workers, device, quiet):
+def fit(real, output, backbone, weights, readout, dims, holdout, seed, mpp, force, strict, as_json, batch_size, workers, device, quiet):
     """Learn what real tissue looks like from REAL images and save a reference.
 
     Extracts backbone features, trains a normalizing flow on most of them and keeps the rest
@@ -107,7 +108,7 @@ def fit(real, output, backbone, weights, readout, dims, holdout, seed, force, st
     ref, log = fit_reference(
         list(real), backbone=backbone, weights=weights, readout=readout,
         config=FlowConfig(pca_dims=dims, seed=seed), holdout=holdout, device=device,
-        batch_size=batch_size, workers=workers, strict=strict, progress=not quiet,
+        batch_size=batch_size, workers=workers, strict=strict, progress=not quiet, data_mpp=mpp,
     )
     ref.save(output)
     skipped = [{"path": str(s.path), "reason": s.reason} for s in log.skipped]

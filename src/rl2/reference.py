@@ -191,6 +191,20 @@ def check_compatible(expected: Identity, found: Identity, what: str = "backbone"
             )
 
 
+def _typical_side(paths, sample: int = 50) -> int | None:
+    """Median shorter side of (up to) the first ``sample`` images, read from headers only."""
+    from PIL import Image
+
+    sides = []
+    for p in paths[:sample]:
+        try:
+            with Image.open(p) as im:
+                sides.append(min(im.size))
+        except Exception:
+            continue
+    return int(np.median(sides)) if sides else None
+
+
 def fit_reference(
     images: Sequence[str | os.PathLike] | str | os.PathLike,
     backbone: str = DEFAULT_BACKBONE,
@@ -203,12 +217,14 @@ def fit_reference(
     workers: int = 2,
     strict: bool = False,
     progress: bool = True,
+    data_mpp: float | None = None,
 ) -> tuple[Reference, RunLog]:
     """Learn what real tissue looks like from a set of real images.
 
     The readable images are shuffled (seeded) and split: ``1 - holdout`` train the scaler and flow, the
     held-out rest stops training early and provides the reference statistics, so the statistics are never
-    computed on the images the flow was fitted to.
+    computed on the images the flow was fitted to. ``data_mpp`` (microns per pixel of the real images)
+    is recorded so that slide QC can tile slides at the same magnification.
     """
     cfg = config or FlowConfig()
     dev = resolve_device(device)
@@ -251,6 +267,8 @@ def fit_reference(
             "non_square": log.non_square,
         },
         "holdout": holdout,
+        "data_mpp": data_mpp,
+        "data_image_px": _typical_side(imageset.paths),
         "training": {
             "epochs_run": history["epochs_run"],
             "best_epoch": history["best_epoch"],
