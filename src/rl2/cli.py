@@ -124,6 +124,8 @@ def fit(real, output, backbone, weights, readout, dims, holdout, seed, mpp, forc
         click.echo(f"  backbone: {ref.identity.name} ({ref.identity.readout}), weights sha256 {ref.identity.weights_sha256[:12]}...")
         click.echo(f"  flow: {ref.dims}-d latents, best epoch {ref.meta['training']['best_epoch']}, "
                    f"held-out NLL {ref.meta['training']['heldout_nll_per_dim']:.3f} nats/dim")
+    if skipped:
+        sys.exit(EXIT_PARTIAL)  # finished, but some inputs failed (listed above)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -146,6 +148,9 @@ def score(reference, images, per_image, weights, bootstrap, seed, strict, as_jso
                   can be slightly negative when the sets agree)
     ci95          seeded bootstrap 95% interval of the true (infinite-sample) RL2;
                   both sets are resampled. Small sets have rl2 above it.
+
+    Unreadable images are skipped, listed on stderr (and under "skipped" in --json) and
+    make the exit status 1; --strict stops at the first one instead (exit status 2).
     """
     from .reference import Reference
     from .scores import score as run_score
@@ -156,7 +161,13 @@ def score(reference, images, per_image, weights, bootstrap, seed, strict, as_jso
     _report_skipped(res.skipped)
     if as_json:
         _print_json(res.to_dict())
-        return
+    else:
+        _print_score(res, ref, per_image)
+    if res.n_skipped:
+        sys.exit(EXIT_PARTIAL)  # finished, but some inputs failed (listed above)
+
+
+def _print_score(res, ref, per_image) -> None:
     click.echo(f"RL2            {res.rl2:.4f}")
     click.echo(f"RL2 unbiased   {_fmt(res.rl2_unbiased)}   95% CI of the true RL2 {_fmt_ci(res.ci95)}")
     click.echo(f"L2             {res.l2:.4f}   (d = {ref.dims})")
@@ -265,6 +276,12 @@ def main(argv=None) -> None:
         sys.exit(e.exit_code)
     except MemoryError:
         _err("out of memory; try a smaller --batch-size")
+        sys.exit(EXIT_INPUT)
+    except OSError as e:  # a path the user gave cannot be written or read (e.g. --per-image in a read-only folder)
+        if os.environ.get("RL2_DEBUG"):
+            raise
+        where = e.filename if e.filename is not None else type(e).__name__
+        _err(f"{where}: {e.strerror or e}")
         sys.exit(EXIT_INPUT)
     except Exception as e:  # a bug, not bad input: still one line, traceback on request
         if os.environ.get("RL2_DEBUG"):

@@ -50,7 +50,13 @@ def _is_image(path: Path) -> bool:
 
 def _from_list_file(path: Path) -> list[Path]:
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise NoImagesError(f"{path}: list file is not UTF-8 text (one image path a line)") from None
+    except OSError as e:
+        raise NoImagesError(f"{path}: cannot read list file ({e.strerror or type(e).__name__})") from None
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             p = Path(line).expanduser()
@@ -125,9 +131,13 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat both as bombs.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if path.is_file() and path.stat().st_size == 0:
+                raise ValueError("empty file, 0 bytes")
             with Image.open(path) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise ValueError(f"{im.width}x{im.height} px exceeds the {MAX_PIXELS:,} px limit")
+                # Checked here too: catch_warnings is not thread-safe, and decoding runs in threads.
+                limit = min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS)
+                if im.width * im.height > limit:
+                    raise Image.DecompressionBombError(f"{im.width}x{im.height} px exceeds the {limit:,} px limit")
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 rgb = to_rgb(im)

@@ -15,10 +15,14 @@ from .statistics import LatentStats, score_sets
 
 class RL2Metric:
     def __init__(self, reference: Reference, device: str | torch.device | None = None, weights: str | None = None,
-                 bootstrap: int = 0, seed: int = 0):
-        """``bootstrap`` > 0 adds 95% intervals (weights are then drawn on the CPU for each image)."""
+                 bootstrap: int = 0, seed: int = 0, backbone=None):
+        """``bootstrap`` > 0 adds 95% intervals (weights are then drawn on the CPU for each image).
+
+        ``backbone``: an already built backbone to reuse; it must have the reference's identity.
+        """
         self.reference = reference
-        self.backbone = reference.backbone(weights=weights, device=str(device) if device is not None else None)
+        self.backbone = reference.backbone(weights=weights, device=str(device) if device is not None else None,
+                                           backbone=backbone)
         self.device = next(self.backbone.buffers()).device
         reference.to(self.device)
         self.bootstrap, self.seed = bootstrap, seed

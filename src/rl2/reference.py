@@ -31,6 +31,29 @@ FORMAT = "rl2-reference"
 FORMAT_VERSION = 1
 MIN_IMAGES = 20
 MAX_STORED_FEATURES = 5000  # held-out features kept for the FD/KID baselines
+FLOW_CHUNK = 64  # rows per flow call; every call is padded to exactly this many rows
+
+
+@torch.no_grad()
+def latents_fixed(flow: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``to_latent`` in padded chunks of exactly FLOW_CHUNK rows, so a row's result never depends on batch size.
+
+    BLAS picks different kernels (GEMV for one row, other blockings for other row counts), and the flow's
+    float32 MLPs then give results that differ by up to ~1e-4 between batch sizes. With one fixed shape
+    every image goes through the same kernels whatever batch it arrives in.
+    """
+    zs, lps = [], []
+    for i in range(0, len(x), FLOW_CHUNK):
+        c = x[i : i + FLOW_CHUNK]
+        n = len(c)
+        if n < FLOW_CHUNK:
+            c = torch.cat([c, c.new_zeros((FLOW_CHUNK - n, *c.shape[1:]))])
+        z, lp = to_latent(flow, c)
+        zs.append(z[:n])
+        lps.append(lp[:n])
+    if not zs:
+        return x.new_zeros((0, x.shape[1])), x.new_zeros((0,))
+    return torch.cat(zs), torch.cat(lps)
 
 
 def _payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -79,9 +102,15 @@ class Reference:
         }
 
     # -- the backbone ---------------------------------------------------------------------------
-    def backbone(self, weights: str | None = None, device: str | None = None) -> Backbone:
-        """The backbone this reference was made with; refuses weights whose sha256 differs."""
-        if self._backbone is None or weights is not None:
+    def backbone(self, weights: str | None = None, device: str | None = None, backbone: Backbone | None = None) -> Backbone:
+        """The backbone this reference was made with; refuses weights whose sha256 differs.
+
+        ``backbone``: an already built backbone to use instead (checked against the reference's identity).
+        """
+        if backbone is not None:
+            check_compatible(self.identity, backbone.identity)
+            self._backbone = backbone
+        elif self._backbone is None or weights is not None:
             bb = load_backbone(self.identity.name, weights=weights, readout=self.identity.readout)
             check_compatible(self.identity, bb.identity)
             self._backbone = bb
@@ -98,7 +127,7 @@ class Reference:
     def latents_of(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features -> (latents, NLL in nats per dimension)."""
         dev = self.scaler.mean.device
-        z, logp = to_latent(self.flow, self.scaler(feats.to(dev)))
+        z, logp = latents_fixed(self.flow, self.scaler(feats.to(dev)))
         return z, -logp / self.dims
 
     def image_distance(self, z: torch.Tensor) -> np.ndarray:
@@ -140,6 +169,8 @@ class Reference:
         from safetensors import safe_open
 
         path = Path(path)
+        if path.is_dir():
+            raise ReferenceFileError(f"{path}: is a folder; expected a reference file made by `rl2 fit`")
         if not path.is_file():
             raise ReferenceFileError(f"{path}: reference file not found")
         try:
@@ -153,6 +184,8 @@ class Reference:
             meta = json.loads(raw)
         except (TypeError, ValueError):
             raise ReferenceFileError(f"{path}: safetensors file without RL2 metadata; not an RL2 reference") from None
+        if not isinstance(meta, dict):
+            raise ReferenceFileError(f"{path}: safetensors file without RL2 metadata; not an RL2 reference")
         if meta.get("format") != FORMAT:
             raise ReferenceFileError(f"{path}: not an RL2 reference (format {meta.get('format')!r})")
         if meta.get("format_version") != FORMAT_VERSION:
@@ -245,7 +278,7 @@ def fit_reference(
     x_hold = scaler(torch.from_numpy(feats[hold]))
     flow, history = train_flow(x_train, x_hold, cfg, progress=progress)
 
-    z, logp = to_latent(flow, x_hold)
+    z, logp = latents_fixed(flow, x_hold)
     z = z.double().numpy()
     n, d = z.shape
     moments = RefMoments(z.mean(0), z.var(0, ddof=1), n)

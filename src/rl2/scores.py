@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from .errors import NoImagesError
+from .backbones import Backbone
 from .features import RunLog, iter_features
+from .files import _umask
 from .images import collect_images
 from .reference import Reference
 from .statistics import DEFAULT_BOOTSTRAP, LatentStats, score_sets
@@ -62,6 +64,7 @@ class _CsvRows:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         self.f = os.fdopen(fd, "w", newline="")
         self.w = csv.writer(self.f)
         self.w.writerow(self.HEADER)
@@ -92,15 +95,17 @@ def score(
     seed: int = 0,
     strict: bool = False,
     progress: bool = True,
+    backbone: Backbone | None = None,
 ) -> ScoreResult:
     """Score a set of image files against ``reference``.
 
     ``images``: folders (recursive), glob patterns, list files or image paths. Unreadable images are
     skipped, counted and listed in the result (or raise, with ``strict``). ``per_image`` writes a CSV
-    with each image's latent distance to the reference mean and its NLL.
+    with each image's latent distance to the reference mean and its NLL. ``backbone``: an already built
+    backbone to reuse; it must have the reference's identity (else WeightsError says what differs).
     """
     imageset = collect_images(images)
-    bb = reference.backbone(weights=weights, device=device)
+    bb = reference.backbone(weights=weights, device=device, backbone=backbone)
     reference.to(next(bb.buffers()).device)
     stats = LatentStats(reference.dims, replicates=bootstrap, seed=seed)
     log = RunLog()

@@ -92,19 +92,22 @@ def distance(mu_ref, var_ref, n_ref, mu_set, var_set, n_set) -> dict:
 def bootstrap_reference(ref_latents: np.ndarray, replicates: int, seed: int):
     """Multinomial bootstrap of the stored reference latents: (B x d means, B x d variances, n)."""
     rng = np.random.default_rng([seed, 2**31])  # a stream apart from the set's Poisson weights
-    n = len(ref_latents)
+    z = np.asarray(ref_latents, dtype=np.float64)
+    n = len(z)
     idx = rng.integers(0, n, size=(replicates, n))
-    samples = ref_latents[idx]  # B x n x d; reference sets are small (held-out split)
-    return samples.mean(1), samples.var(1, ddof=1), n
+    # Resample counts (B x n) instead of gathering B x n x d copies, which took gigabytes for large references.
+    counts = np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64)
+    mean = counts @ z / n
+    var = (counts @ (z * z) - n * mean**2) / (n - 1)
+    return mean, var, n
 
 
 def score_sets(ref: RefMoments, ref_latents: np.ndarray | None, stats: LatentStats, seed: int = 0) -> dict:
     """The full score dict: rl2, l2, rl2_unbiased and (from 2 images up) a bootstrap 95% interval.
 
     ``ci95`` is an interval for the population RL2, the distance that infinitely many images would
-    give. It comes from the bootstrap distribution of the bias-corrected squared distance (percentile
-    method, clipped at 0), because the plain statistic's own bootstrap is shifted upwards by the same
-    finite-sample term that inflates it. Both the scored set and the reference's held-out latents are
+    give. It comes from the bootstrap distribution of the bias-corrected squared distance, re-centred on
+    the estimate (the replicates centre on the plug-in distance), percentile method, clipped at 0. Both the scored set and the reference's held-out latents are
     resampled, so the interval includes the reference's own sampling noise.
     """
     out = distance(ref.mean, ref.var, ref.n, stats.mean, stats.var, stats.n)
@@ -112,13 +115,18 @@ def score_sets(ref: RefMoments, ref_latents: np.ndarray | None, stats: LatentSta
     if stats.n >= 2 and stats.replicates and ref_latents is not None:
         r_mean, r_var, r_n = bootstrap_reference(ref_latents, stats.replicates, seed)
         ok = np.flatnonzero(stats.boot_n >= 2)
+        if len(ok) == 0:  # possible with very few replicates and 2 images; no interval rather than a crash
+            return out
         bn = stats.boot_n[ok][:, None]
         s_mean = stats.boot_sum[ok] / bn
         s_var = (stats.boot_sumsq[ok] - bn * s_mean**2) / (bn - 1)
         d2 = [distance(r_mean[i], r_var[i], r_n, s_mean[j], s_var[j], int(bn[j, 0]))["d2_unbiased"]
               for j, i in enumerate(ok)]
-        lo, hi = np.percentile(d2, [2.5, 97.5])
+        # In the bootstrap world the "true" squared distance is the plug-in one (l2^2), so the replicates
+        # centre there; shift them to centre on the bias-corrected estimate before taking percentiles.
         d = len(ref.mean)
+        shift = out["d2_unbiased"] - out["l2"] ** 2
+        lo, hi = np.percentile(np.asarray(d2) + shift, [2.5, 97.5])
         out["ci95"] = [math.sqrt(max(lo, 0.0) / d), math.sqrt(max(hi, 0.0) / d)]
     return out
 
