@@ -247,7 +247,7 @@ def images_224(tmp_path_factory):
     """Held-out patches upsampled once to 224 px and saved as PNG, so score() does not resize them."""
     d = tmp_path_factory.mktemp("px224")
     arrays = []
-    for i, p in enumerate(heldout(6)):
+    for i, p in enumerate(heldout(4)):
         img = Image.open(p).convert("RGB").resize((224, 224), Image.BICUBIC)
         img.save(d / f"{i:02d}.png")
         arrays.append(np.asarray(img))
@@ -261,10 +261,10 @@ def test_metric_matches_score_uint8_and_float(images_224):
     x = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
     for images in (x, x.float() / 255.0):
         m = RL2Metric(load_reference(), device="cpu", backbone=default_backbone(), bootstrap=100, seed=3)
-        m.update(images[:4])
-        m.update(images[4:])
+        m.update(images[:3])
+        m.update(images[3:])
         got = m.compute()
-        assert got["n_images"] == 6
+        assert got["n_images"] == 4
         for key in ("rl2", "l2", "rl2_unbiased", "ci95"):
             assert close(got[key], getattr(want, key), rel=1e-3), (key, got[key], getattr(want, key))
     m.reset()
@@ -283,7 +283,14 @@ def test_metric_rejects_bad_tensors():
 # -- the CLI -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cmd", [[], ["fit"], ["score"], ["info"], ["degrade"], ["demo"]])
+from rl2.cli import cli as _cli  # noqa: E402
+
+
+def test_core_commands_registered():
+    assert {"fit", "score", "info", "degrade", "demo"} <= set(_cli.commands)
+
+
+@pytest.mark.parametrize("cmd", [[]] + [[c] for c in sorted(_cli.commands)])
 def test_help_exits_0(capsys, cmd):
     code, out, err = run_cli(capsys, *cmd, "--help")
     assert code == 0, err
@@ -291,20 +298,20 @@ def test_help_exits_0(capsys, cmd):
 
 
 def test_cli_score_json(capsys, ref_path):
-    code, out, err = run_cli(capsys, "score", ref_path, *heldout(5), "--json", "-q", "--workers", "0")
+    code, out, err = run_cli(capsys, "score", ref_path, *heldout(3), "--json", "-q", "--workers", "0")
     assert code == 0, err
     assert err == ""
     res = json.loads(out)  # exactly one JSON object on stdout
     assert isinstance(res, dict)
     for key in ("rl2", "l2", "rl2_unbiased", "ci95", "n_images", "n_skipped", "reference"):
         assert key in res, key
-    assert res["n_images"] == 5 and res["n_skipped"] == 0
+    assert res["n_images"] == 3 and res["n_skipped"] == 0
     assert isinstance(res["rl2"], float) and isinstance(res["rl2_unbiased"], float)
     assert isinstance(res["ci95"], list) and len(res["ci95"]) == 2 and all(isinstance(v, float) for v in res["ci95"])
     assert res["reference"]["backbone"] == "efficientnet-lite0"
     assert res["reference"]["weights_sha256"] == default_backbone().identity.weights_sha256
     assert len(res["reference"]["weights_sha256"]) == 64
-    api = score(load_reference(), heldout(5), progress=False)
+    api = score(load_reference(), heldout(3), progress=False)
     assert close(res["rl2"], api.rl2) and close(res["ci95"], api.ci95)
 
 
@@ -358,6 +365,19 @@ def test_cli_per_image_csv_is_atomic(capsys, ref_path, tmp_path, monkeypatch):
     assert calls["n"] == 2
     assert out_csv.read_text() == "previous results\n"
     assert [p.name for p in tmp_path.iterdir()] == ["per_image.csv"]
+
+
+def test_cli_per_image_csv_untouched_when_strict_run_fails(capsys, ref_path, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    out_csv = tmp_path / "per_image.csv"
+    out_csv.write_text("previous results\n")
+    code, out, err = run_cli(capsys, "score", ref_path, *heldout(2), bad, "--per-image", out_csv, "-q",
+                             "--strict", "--batch-size", "2", "--workers", "0")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [f"rl2: {bad}: cannot read image (cannot identify image file '{bad}')"]
+    assert out_csv.read_text() == "previous results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "per_image.csv"]
 
 
 def test_score_result_reference_summary(ref_path):

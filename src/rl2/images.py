@@ -30,7 +30,6 @@ from .errors import ImageError, NoImagesError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 MIN_SIDE = 16  # smaller images carry no tissue texture at any magnification
-MAX_PIXELS = 40_000 * 40_000  # larger files are treated as decompression bombs
 
 
 @dataclass
@@ -135,8 +134,9 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
                 raise ValueError("empty file, 0 bytes")
             with Image.open(path) as im:
                 # Checked here too: catch_warnings is not thread-safe, and decoding runs in threads.
-                limit = min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS)
-                if im.width * im.height > limit:
+                # Pillow's own bomb limit (about 89 Mpx; settable as PIL.Image.MAX_IMAGE_PIXELS).
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and im.width * im.height > limit:
                     raise Image.DecompressionBombError(f"{im.width}x{im.height} px exceeds the {limit:,} px limit")
                 im.load()
                 im = ImageOps.exif_transpose(im)

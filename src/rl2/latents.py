@@ -115,9 +115,27 @@ def train_flow(train: torch.Tensor, val: torch.Tensor, cfg: FlowConfig, progress
     return flow, {"epochs_run": len(history), "best_epoch": best_epoch, "history": history}
 
 
+FLOW_CHUNK = 64  # rows per flow call; every call is padded to exactly this many rows
+
+
 @torch.no_grad()
 def to_latent(flow: zuko.flows.NSF, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scaled features -> (latents z, log-likelihood log p(x) in nats)."""
+    """Scaled features -> (latents z, log-likelihood log p(x) in nats), in padded chunks of FLOW_CHUNK rows.
+
+    BLAS picks different kernels for different row counts (GEMV for one row), so the flow's float32 MLPs
+    would give results that differ by ~1e-4 between batch sizes. One fixed shape makes every image's
+    result independent of the batch it arrives in.
+    """
     dist = flow()
-    z, ladj = dist.transform.call_and_ladj(x)
-    return z, dist.base.log_prob(z) + ladj
+    zs, lps = [], []
+    for i in range(0, len(x), FLOW_CHUNK):
+        c = x[i : i + FLOW_CHUNK]
+        n = len(c)
+        if n < FLOW_CHUNK:
+            c = torch.cat([c, c.new_zeros((FLOW_CHUNK - n, *c.shape[1:]))])
+        z, ladj = dist.transform.call_and_ladj(c)
+        zs.append(z[:n])
+        lps.append((dist.base.log_prob(z) + ladj)[:n])
+    if not zs:
+        return x.new_zeros((0, x.shape[1])), x.new_zeros((0,))
+    return torch.cat(zs), torch.cat(lps)

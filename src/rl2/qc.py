@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .errors import RL2Error, SlideError
-from .files import atomic_write_text
 from .images import prepare
+from .qc_report import render_thumbnail, write_index
 from .reference import Reference
 from .slides import open_slide, read_tile, resolve_mpp
 from .tissue import grid_tiles, tissue_fraction, tissue_mask
@@ -146,13 +146,11 @@ def qc_slide(
 ) -> dict:
     """QC one slide into ``outdir/<name>/`` (name: the slide's stem) and return its summary.
 
-    ``mpp`` overrides the slide's own pixel size (for files without it); ``target_mpp`` (default the
+    ``mpp`` is the slide's pixel size where its metadata lacks one; ``target_mpp`` (default the
     reference's ``data_mpp``) and ``tile_px`` (default the reference's image size) set the tiles.
     ``stride_px`` (default ``tile_px``) is in target pixels. A slide already done with the same settings
     is not redone unless ``force``; its summary is returned with ``"status": "skipped"``.
     """
-    from .qc_report import render_thumbnail
-
     slide_path = Path(slide_path)
     settings = settings or qc_settings(reference, target_mpp, tile_px, stride_px, min_tissue, threshold,
                                        percentile, save_tiles, mpp)
@@ -170,8 +168,7 @@ def qc_slide(
     tmp = Path(tempfile.mkdtemp(dir=outdir, prefix=f".{name}.partial-"))
     try:
         with open_slide(slide_path) as slide:
-            summary = _run(slide, reference, settings, tmp, batch_size, workers, device, progress, name,
-                           render_thumbnail)
+            summary = _run(slide, reference, settings, tmp, batch_size, workers, device, progress, name)
         summary.update(settings=full_settings, seconds=round(time.perf_counter() - t0, 3))
         summary["tiles_per_s"] = round(summary["counts"]["scored"] / summary["seconds"], 2) if summary["seconds"] else None
         # summary.json is written last: its presence marks a complete result.
@@ -189,7 +186,7 @@ def qc_slide(
     return {**summary, "status": "done"}
 
 
-def _run(slide, reference, settings, out: Path, batch_size, workers, device, progress, name, render_thumbnail) -> dict:
+def _run(slide, reference, settings, out: Path, batch_size, workers, device, progress, name) -> dict:
     override = settings["mpp_override"]
     # --mpp fills in a missing pixel size; it does not overrule the slide's own metadata.
     slide_mpp, mpp_source = resolve_mpp(slide, None if slide.mpp is not None else override)
@@ -333,8 +330,6 @@ def qc_batch(
     slide (its summary, or ``{"slide", "name", "status": "failed", "error"}``). ``on_result`` is called
     with each as it comes.
     """
-    from .qc_report import write_index
-
     compute = {k: options.pop(k) for k in ("batch_size", "workers", "device") if k in options}
     settings = qc_settings(reference, **options)
     paths = expand_slides(slides)

@@ -10,7 +10,7 @@ import html
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from scipy import ndimage
 
 from .files import atomic_write_text

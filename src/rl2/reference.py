@@ -31,33 +31,10 @@ FORMAT = "rl2-reference"
 FORMAT_VERSION = 1
 MIN_IMAGES = 20
 MAX_STORED_FEATURES = 5000  # held-out features kept for the FD/KID baselines
-FLOW_CHUNK = 64  # rows per flow call; every call is padded to exactly this many rows
-
-
-@torch.no_grad()
-def latents_fixed(flow: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``to_latent`` in padded chunks of exactly FLOW_CHUNK rows, so a row's result never depends on batch size.
-
-    BLAS picks different kernels (GEMV for one row, other blockings for other row counts), and the flow's
-    float32 MLPs then give results that differ by up to ~1e-4 between batch sizes. With one fixed shape
-    every image goes through the same kernels whatever batch it arrives in.
-    """
-    zs, lps = [], []
-    for i in range(0, len(x), FLOW_CHUNK):
-        c = x[i : i + FLOW_CHUNK]
-        n = len(c)
-        if n < FLOW_CHUNK:
-            c = torch.cat([c, c.new_zeros((FLOW_CHUNK - n, *c.shape[1:]))])
-        z, lp = to_latent(flow, c)
-        zs.append(z[:n])
-        lps.append(lp[:n])
-    if not zs:
-        return x.new_zeros((0, x.shape[1])), x.new_zeros((0,))
-    return torch.cat(zs), torch.cat(lps)
-
-
-def _payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
+def _payload_sha256(tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """sha256 of every tensor (name, shape, bytes) and of the metadata (without this checksum)."""
     h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "payload_sha256"}, sort_keys=True).encode())
     for k in sorted(tensors):
         h.update(k.encode())
         h.update(str(tuple(tensors[k].shape)).encode())
@@ -127,7 +104,7 @@ class Reference:
     def latents_of(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features -> (latents, NLL in nats per dimension)."""
         dev = self.scaler.mean.device
-        z, logp = latents_fixed(self.flow, self.scaler(feats.to(dev)))
+        z, logp = to_latent(self.flow, self.scaler(feats.to(dev)))
         return z, -logp / self.dims
 
     def image_distance(self, z: torch.Tensor) -> np.ndarray:
@@ -158,8 +135,8 @@ class Reference:
             identity=self.identity.to_dict(),
             flow_config=self.flow_config.to_dict(),
             n_heldout=int(self.moments.n),
-            payload_sha256=_payload_sha256(t),
         )
+        meta["payload_sha256"] = _payload_sha256(t, meta)
         self.meta = meta
         atomic_write_bytes(Path(path), save(t, metadata={"rl2": json.dumps(meta)}))
         return Path(path)
@@ -192,7 +169,7 @@ class Reference:
             raise ReferenceFileError(
                 f"{path}: reference format {meta.get('format_version')} needs another rl2 version (this is {__version__})"
             )
-        if _payload_sha256(t) != meta.get("payload_sha256"):
+        if _payload_sha256(t, meta) != meta.get("payload_sha256"):
             raise ReferenceFileError(f"{path}: checksum mismatch; the file was modified or damaged after it was written")
         try:
             identity = Identity.from_dict(meta["identity"])
@@ -278,7 +255,7 @@ def fit_reference(
     x_hold = scaler(torch.from_numpy(feats[hold]))
     flow, history = train_flow(x_train, x_hold, cfg, progress=progress)
 
-    z, logp = latents_fixed(flow, x_hold)
+    z, logp = to_latent(flow, x_hold)
     z = z.double().numpy()
     n, d = z.shape
     moments = RefMoments(z.mean(0), z.var(0, ddof=1), n)

@@ -6,20 +6,17 @@ per-image rows are written to a CSV as they come. Memory does not grow with the 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import torch
 
 from .errors import NoImagesError
 from .backbones import Backbone
 from .features import RunLog, iter_features
-from .files import _umask
+from .files import atomic_open
 from .images import collect_images
 from .reference import Reference
 from .statistics import DEFAULT_BOOTSTRAP, LatentStats, score_sets
@@ -55,32 +52,14 @@ def _sets_result(ref: Reference, stats: LatentStats, seed: int, log: RunLog | No
     )
 
 
-class _CsvRows:
-    """Per-image CSV, streamed to a temporary file and renamed at the end (atomic)."""
+CSV_HEADER = ["index", "path", "score", "nll_per_dim", "status"]
 
-    HEADER = ["index", "path", "score", "nll_per_dim", "status"]
 
-    def __init__(self, path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        self.f = os.fdopen(fd, "w", newline="")
-        self.w = csv.writer(self.f)
-        self.w.writerow(self.HEADER)
-
-    def write(self, rows):
-        """Rows of one batch and the skips before it; batches arrive in input order."""
-        for i, path, sc, nll, status in sorted(rows, key=lambda r: r[0]):
-            fmt = lambda v: "" if v is None else f"{v:.6f}"  # noqa: E731
-            self.w.writerow([i, str(path), fmt(sc), fmt(nll), status])
-
-    def close(self, ok: bool):
-        self.f.close()
-        if ok:
-            os.replace(self.tmp, self.path)
-        else:
-            Path(self.tmp).unlink(missing_ok=True)
+def _write_rows(writer, rows) -> None:
+    """Rows of one batch and the skips before it, in input order (batches arrive in input order)."""
+    fmt = lambda v: "" if v is None else f"{v:.6f}"  # noqa: E731
+    for i, path, sc, nll, status in sorted(rows, key=lambda r: r[0]):
+        writer.writerow([i, str(path), fmt(sc), fmt(nll), status])
 
 
 def score(
@@ -109,8 +88,7 @@ def score(
     reference.to(next(bb.buffers()).device)
     stats = LatentStats(reference.dims, replicates=bootstrap, seed=seed)
     log = RunLog()
-    csv_out = _CsvRows(per_image) if per_image else None
-    img_sum, ok, written_skips = 0.0, False, 0
+    img_sum, written_skips = 0.0, 0
 
     def skipped_rows():
         nonlocal written_skips
@@ -118,21 +96,21 @@ def score(
         written_skips = len(log.skipped)
         return [(s.index, s.path, None, None, "skipped: " + s.reason) for s in new]
 
-    try:
+    # The CSV is streamed to a temporary file that replaces ``per_image`` only if the run succeeds.
+    with atomic_open(per_image, "w", newline="") if per_image else contextlib.nullcontext() as f:
+        writer = csv.writer(f) if f else None
+        if writer:
+            writer.writerow(CSV_HEADER)
         for fb in iter_features(bb, imageset.paths, log, batch_size, workers, strict, progress, desc="scoring"):
             z, nll = reference.latents_of(fb.features)
             stats.update(z.cpu().numpy(), fb.indices)
             dist = reference.image_distance(z)
             img_sum += float(dist.sum())
-            if csv_out:
-                rows = zip(fb.indices, [imageset.paths[i] for i in fb.indices], dist, nll.cpu().numpy(), ["ok"] * len(dist))
-                csv_out.write(skipped_rows() + list(rows))
-        if csv_out:
-            csv_out.write(skipped_rows())
+            if writer:
+                paths = [imageset.paths[i] for i in fb.indices]
+                _write_rows(writer, skipped_rows() + list(zip(fb.indices, paths, dist, nll.cpu().numpy(), ["ok"] * len(dist))))
+        if writer:
+            _write_rows(writer, skipped_rows())
         if stats.n == 0:
             raise NoImagesError(f"none of the {log.n_inputs} images could be read (first: {log.skipped[0].reason})")
-        ok = True
-    finally:
-        if csv_out:
-            csv_out.close(ok)
     return _sets_result(reference, stats, seed, log, len(imageset.ignored), img_sum)
