@@ -120,6 +120,8 @@ def fit_half_reference(slide: Slide, mask, mask_ds, size_l0, tile_px, tile_mpp, 
     """Option B: a reference fitted on overlapping clean tissue tiles of the slide's top half."""
     folder = out / "optionB_train_tiles"
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):  # from an earlier run, perhaps with other settings
+        old.unlink()
     h_half = slide.dimensions[1] // 2
     n = 0
     for x, y in grid_tiles(slide.dimensions, size_l0, stride_l0):
@@ -139,6 +141,7 @@ def main():
     ap.add_argument("--target-mpp", type=float, help="Tiling pixel size (default: the --ref reference's, else 0.97).")
     ap.add_argument("--tile-px", type=int, help="Tile size (default: the --ref reference's, else 96).")
     ap.add_argument("--min-tissue", type=float, default=0.5)
+    ap.add_argument("--train-overlap", type=int, default=4, help="Option B training stride = tile / this.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="/tmp/acceptance/qc/auc")
     args = ap.parse_args()
@@ -177,7 +180,7 @@ def main():
     if ref_a:
         refs["A"] = ref_a
     if args.fit_half:
-        refs["B"] = fit_half_reference(clean_slide, mask, mask_ds, size_l0, tile_px, tile_mpp, max(1, size_l0 // 4), out)
+        refs["B"] = fit_half_reference(clean_slide, mask, mask_ds, size_l0, tile_px, tile_mpp, max(1, size_l0 // args.train_overlap), out)
     scorers = {k: Scorer(r, size_l0, tile_px) for k, r in refs.items()}
 
     t0 = time.perf_counter()
