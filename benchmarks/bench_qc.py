@@ -52,7 +52,7 @@ def main():
     ap.add_argument("--mpp", type=float, help="Slide pixel size, for slides without it.")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--save-tiles", default="none")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)

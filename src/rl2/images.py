@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -123,24 +124,29 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+_OPEN_LOCK = threading.Lock()
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Decode one image file to RGB. Raises ImageError naming the file on any failure."""
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat both as bombs.
+        if path.is_file() and path.stat().st_size == 0:
+            raise ValueError("empty file, 0 bytes")
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat both as bombs. The lock is there
+        # because catch_warnings swaps process-wide state and decoding runs in threads; opening only
+        # reads the header, so holding it costs little.
+        with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if path.is_file() and path.stat().st_size == 0:
-                raise ValueError("empty file, 0 bytes")
-            with Image.open(path) as im:
-                # Checked here too: catch_warnings is not thread-safe, and decoding runs in threads.
-                # Pillow's own bomb limit (about 89 Mpx; settable as PIL.Image.MAX_IMAGE_PIXELS).
-                limit = Image.MAX_IMAGE_PIXELS
-                if limit and im.width * im.height > limit:
-                    raise Image.DecompressionBombError(f"{im.width}x{im.height} px exceeds the {limit:,} px limit")
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                rgb = to_rgb(im)
+            im = Image.open(path)
+        with im:
+            # Pillow's own bomb limit (about 89 Mpx; settable as PIL.Image.MAX_IMAGE_PIXELS).
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and im.width * im.height > limit:
+                raise Image.DecompressionBombError(f"{im.width}x{im.height} px exceeds the {limit:,} px limit")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            rgb = to_rgb(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{path}: refused as a decompression bomb ({e})") from None
     except FileNotFoundError:

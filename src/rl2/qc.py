@@ -136,7 +136,7 @@ def qc_slide(
     threshold: float | None = None,
     percentile: float | None = None,
     save_tiles: str = "rejected",
-    batch_size: int = 64,
+    batch_size: int = 32,
     workers: int = 2,
     device: str | None = None,
     progress: bool = True,

@@ -18,7 +18,7 @@ def _err(msg: str) -> None:
 
 
 def compute_options(f):
-    f = click.option("--batch-size", default=64, show_default=True, help="Tiles per forward pass (does not change results).")(f)
+    f = click.option("--batch-size", default=32, show_default=True, help="Tiles per forward pass (does not change results; 32 keeps peak memory near 1 GB).")(f)
     f = click.option("--workers", default=2, show_default=True, help="Tile-reading threads (does not change results).")(f)
     f = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto (cuda when available).")(f)
     f = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(f)

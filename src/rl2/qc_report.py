@@ -17,7 +17,7 @@ from .files import atomic_write_text
 
 REPORT_MAX = 1024  # longer side of thumbnail.png
 OUTLINE = (0, 90, 255)
-ALPHA = 0.45
+ALPHA = 0.35
 GALLERY_TOTAL = 24  # tiles per gallery section in index.html
 
 

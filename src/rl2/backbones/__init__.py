@@ -92,8 +92,12 @@ class Backbone(nn.Module):
             # Tensors (e.g. from a training loop) are resized here; files are resized by PIL beforehand.
             x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bicubic", antialias=True)
             x = x.clamp(0, 1)
+        # One memory layout and never a batch of one: oneDNN picks other kernels for either (last-bit
+        # differences), and scores must not depend on how images were batched.
+        n = len(x)
         x = (x.float() - self.mean) / self.std
-        return self._features(self.net, x).float()
+        x = x.repeat(2, 1, 1, 1) if n == 1 else x
+        return self._features(self.net, x.contiguous(memory_format=torch.channels_last)).float()[:n]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
