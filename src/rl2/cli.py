@@ -6,7 +6,6 @@ Exit codes: 0 success; 1 finished, but some inputs failed (e.g. a broken slide i
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -16,33 +15,12 @@ import click
 from . import __version__
 from .errors import RL2Error
 
-EXIT_PARTIAL = 1
-EXIT_INPUT = 2
-
-CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
-
-
-def _err(msg: str) -> None:
-    click.echo(f"rl2: {msg}", err=True)
-
-
-def _print_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=_json_default))
-
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
+from .cli_common import CONTEXT, EXIT_INPUT, EXIT_INTERNAL, EXIT_PARTIAL, compute_options, err, print_json
 
 
 def _report_skipped(skipped) -> None:
     for s in skipped:
-        _err(f"skipped {s['reason']}")
+        err(f"skipped {s['reason']}")
 
 
 def _fmt_ci(ci) -> str:
@@ -51,15 +29,6 @@ def _fmt_ci(ci) -> str:
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
-
-
-# Options shared by the commands that run the network.
-def compute_options(f):
-    f = click.option("--batch-size", default=64, show_default=True, help="Images per forward pass (does not change results).")(f)
-    f = click.option("--workers", default=2, show_default=True, help="Decoding threads; 0 decodes in the main thread (does not change results).")(f)
-    f = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto (cuda when available).")(f)
-    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(f)
-    return f
 
 
 @click.group(context_settings=CONTEXT)
@@ -93,7 +62,7 @@ def cli():
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
-@compute_options
+@compute_options()
 def fit(real, output, backbone, weights, readout, dims, holdout, seed, mpp, force, strict, as_json, batch_size, workers, device, quiet):
     """Learn what real tissue looks like from REAL images and save a reference.
 
@@ -116,7 +85,7 @@ def fit(real, output, backbone, weights, readout, dims, holdout, seed, mpp, forc
     summary = {"output": output, **ref.meta["counts"], "reference": ref.summary(), "training": ref.meta["training"],
                "skipped_files": skipped}
     if as_json:
-        _print_json(summary)
+        print_json(summary)
     else:
         c = ref.meta["counts"]
         click.echo(f"wrote {output}")
@@ -137,7 +106,7 @@ def fit(real, output, backbone, weights, readout, dims, holdout, seed, mpp, forc
 @click.option("--seed", default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (rl2, l2, rl2_unbiased, ci95, n_images, n_skipped, reference, ...).")
-@compute_options
+@compute_options()
 def score(reference, images, per_image, weights, bootstrap, seed, strict, as_json, batch_size, workers, device, quiet):
     """Score IMAGES against a REFERENCE made by `rl2 fit`.
 
@@ -160,7 +129,7 @@ def score(reference, images, per_image, weights, bootstrap, seed, strict, as_jso
                     weights=weights, bootstrap=bootstrap, seed=seed, strict=strict, progress=not quiet)
     _report_skipped(res.skipped)
     if as_json:
-        _print_json(res.to_dict())
+        print_json(res.to_dict())
     else:
         _print_score(res, ref, per_image)
     if res.n_skipped:
@@ -191,7 +160,7 @@ def info(reference, as_json):
 
     ref = Reference.load(reference)
     if as_json:
-        _print_json({"summary": ref.summary(), "meta": ref.meta})
+        print_json({"summary": ref.summary(), "meta": ref.meta})
         return
     s = ref.summary()
     for k, v in s.items():
@@ -224,7 +193,7 @@ def degrade(src, dst, kind, level, seed):
 
     n, skipped = degrade_folder(src, dst, kind, level, seed=seed)
     for s in skipped:
-        _err(f"skipped {s}")
+        err(f"skipped {s}")
     click.echo(f"wrote {n} images to {dst}" + (f" ({len(skipped)} skipped)" if skipped else ""))
     if skipped:
         sys.exit(EXIT_PARTIAL)
@@ -233,7 +202,7 @@ def degrade(src, dst, kind, level, seed):
 @cli.command(context_settings=CONTEXT)
 @click.option("--workdir", type=click.Path(file_okay=False), help="Keep the demo's reference and degraded copies here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-@compute_options
+@compute_options()
 def demo(workdir, as_json, batch_size, workers, device, quiet):
     """Fit a reference on bundled CC0 PatchCamelyon patches, then score held-out and degraded copies.
 
@@ -263,31 +232,31 @@ def main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="rl2", standalone_mode=False)
     except click.exceptions.Abort:
-        _err("interrupted")
+        err("interrupted")
         sys.exit(130)
     except KeyboardInterrupt:
-        _err("interrupted")
+        err("interrupted")
         sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
     except RL2Error as e:
-        _err(str(e))
+        err(str(e))
         sys.exit(e.exit_code)
     except MemoryError:
-        _err("out of memory; try a smaller --batch-size")
+        err("out of memory; try a smaller --batch-size")
         sys.exit(EXIT_INPUT)
     except OSError as e:  # a path the user gave cannot be written or read (e.g. --per-image in a read-only folder)
         if os.environ.get("RL2_DEBUG"):
             raise
         where = e.filename if e.filename is not None else type(e).__name__
-        _err(f"{where}: {e.strerror or e}")
+        err(f"{where}: {e.strerror or e}")
         sys.exit(EXIT_INPUT)
     except Exception as e:  # a bug, not bad input: still one line, traceback on request
         if os.environ.get("RL2_DEBUG"):
             raise
-        _err(f"internal error: {type(e).__name__}: {e} (set RL2_DEBUG=1 for a traceback)")
-        sys.exit(3)
+        err(f"internal error: {type(e).__name__}: {e} (set RL2_DEBUG=1 for a traceback)")
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Atomic file writes: nothing a user made is left half-written by a crash or Ctrl-C."""
+"""Writing outputs: atomic file writes (nothing a user made is left half-written by a crash or Ctrl-C), and JSON for numpy values."""
 
 from __future__ import annotations
 
@@ -39,3 +39,14 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_default(o):
+    """json.dumps(default=...) for numpy scalars and paths."""
+    import numpy as np
+
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)

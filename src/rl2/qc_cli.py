@@ -7,22 +7,7 @@ import sys
 
 import click
 
-# Not imported from rl2.cli: this module is imported while rl2.cli is still initialising (and under
-# `python -m rl2.cli` that module is __main__, so importing it would run the registration twice).
-CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
-EXIT_PARTIAL, EXIT_INPUT = 1, 2
-
-
-def _err(msg: str) -> None:
-    click.echo(f"rl2: {msg}", err=True)
-
-
-def compute_options(f):
-    f = click.option("--batch-size", default=32, show_default=True, help="Tiles per forward pass (does not change results; 32 keeps peak memory near 1 GB).")(f)
-    f = click.option("--workers", default=2, show_default=True, help="Tile-reading threads (does not change results).")(f)
-    f = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto (cuda when available).")(f)
-    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(f)
-    return f
+from .cli_common import CONTEXT, EXIT_INPUT, EXIT_PARTIAL, compute_options, err
 
 
 @click.command("qc", context_settings=CONTEXT)
@@ -41,7 +26,7 @@ def compute_options(f):
 @click.option("--weights", type=click.Path(), help="Backbone weights, if the reference's backbone needs a file (resnet18).")
 @click.option("--force", is_flag=True, help="Redo slides that are already done with the same settings.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list of per-slide results.")
-@compute_options
+@compute_options(batch_size=32, what="Tiles", workers_help="Tile-reading threads")
 def command(slides, reference, outdir, mpp, target_mpp, tile_px, stride_px, min_tissue, threshold, percentile,
             save_tiles, weights, force, as_json, batch_size, workers, device, quiet):
     """Quality-control SLIDES (whole-slide files, plain images, or folders of them) into OUTPUT.
@@ -67,10 +52,10 @@ def command(slides, reference, outdir, mpp, target_mpp, tile_px, stride_px, min_
         if as_json:
             return
         if r["status"] == "failed":
-            _err(f"FAILED {r['error']}")
+            err(f"FAILED {r['error']}")
             return
         for w in r.get("warnings", []):
-            _err(f"{r['name']}: {w}")
+            err(f"{r['name']}: {w}")
         c = r["counts"]
         what = "already done (--force to redo)" if r["status"] == "skipped" else f"{r['seconds']:.1f} s"
         click.echo(f"{r['name']}: {c['scored']} tissue tiles of {c['grid']}, {c['kept']} kept, "

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .degrade import apply
-from .files import atomic_write_bytes, atomic_write_text
+from .files import atomic_write_bytes, atomic_write_text, json_default
 from .images import load_rgb
 from .sweep import METRIC_LABELS, METRICS
 
@@ -38,14 +38,6 @@ def _fmt(v, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     return f"{v:.{digits}g}" if abs(v) >= 1e4 or (v and abs(v) < 1e-3) else f"{v:.{digits}f}"
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
 
 
 def _finite(o):
@@ -345,7 +337,7 @@ def write_report(results: dict, outdir) -> list[Path]:
         files["stability_smallest_n.csv"] = smallest_n_csv(stab)
         plots.update({_stability_png(name): plot_stability(c, name) for name, c in stab["conditions"].items()})
     files.update(plots)
-    files["results.json"] = json.dumps(_finite(results), indent=2, default=_json_default, allow_nan=False)
+    files["results.json"] = json.dumps(_finite(results), indent=2, default=json_default, allow_nan=False)
     files["report.html"] = render_html(results, plots, thumbnails(sweep))
     written = []
     for name, data in files.items():

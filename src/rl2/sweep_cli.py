@@ -8,10 +8,9 @@ import click
 
 from . import __version__
 from .degrade import FAMILIES
+from .cli_common import CONTEXT, compute_options, err
 from .errors import RL2Error
 
-# Defined here rather than imported from rl2.cli: cli imports this module while it is itself being imported.
-CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -60,10 +59,7 @@ def _n(v) -> str:
 @click.option("--weights", type=click.Path(), help="Backbone weights, if the reference's backbone needs a file (resnet18).")
 @click.option("--force", is_flag=True, help="Overwrite an existing report in OUTDIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout instead of the tables.")
-@click.option("--batch-size", default=64, show_default=True, help="Images per forward pass (does not change results).")
-@click.option("--workers", default=2, show_default=True, help="Degradation threads; 0 = main thread (does not change results).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto (cuda when available).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@compute_options(workers_help="Decoding and degradation threads")
 def command(reference, images, outdir, families, levels, bootstrap, repeats, sizes, stability_on, no_stability, seed,
             weights, force, as_json, batch_size, workers, device, quiet):
     """Degrade IMAGES at increasing levels of every family and check that the scores rise.
@@ -95,7 +91,7 @@ def command(reference, images, outdir, families, levels, bootstrap, repeats, siz
     src = DegradedFeatures(ref, list(images), seed=seed, batch_size=batch_size, workers=workers, device=device,
                            weights=weights, progress=not quiet, keep=[degradation] if degradation else ())
     for s in src.skipped:
-        click.echo(f"rl2: skipped {s}", err=True)
+        err(f"skipped {s}")
     sweep = run_sweep(ref, src, families=list(plan), levels=plan, seed=seed, bootstrap=bootstrap)
     stab = None if no_stability else run_stability(ref, src, sizes=size_list, repeats=repeats, seed=seed,
                                                    degradation=degradation)
