@@ -176,7 +176,10 @@ def info(reference, as_json):
 @click.option("--kind", required=True, help="blur, noise, noise_blend, salt_pepper, occlusion, diffusion or jpeg.")
 @click.option("--level", required=True, type=float, help="Severity; 0 is the identity. See `rl2 degrade -h` for units.")
 @click.option("--seed", default=0, show_default=True, help="Seed; image i uses seed + i.")
-def degrade(src, dst, kind, level, seed):
+@click.option("--rects", default=1, show_default=True, help="occlusion only: number of rectangles sharing the area.")
+@click.option("--fill", default="0,0,0", show_default=True, help="occlusion only: rectangle colour as R,G,B (0-255).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def degrade(src, dst, kind, level, seed, rects, fill, quiet):
     """Write degraded copies of the images in SRC to the folder DST (as PNG, same relative paths).
 
     \b
@@ -185,13 +188,24 @@ def degrade(src, dst, kind, level, seed):
     noise        Gaussian sigma on a 0-1 scale    0.02 0.05 0.1 0.2
     noise_blend  alpha in (1-alpha)*img + alpha*uniform noise
     salt_pepper  fraction of pixels               0.01 0.05 0.2
-    occlusion    area fraction covered (black)    0.1 0.3 0.5
+    occlusion    area fraction covered            0.1 0.3 0.5   (--rects N, --fill R,G,B)
     diffusion    DDPM timestep t of 1000          25 100 400
     jpeg         100 - JPEG quality               50 80 95
     """
     from .degrade import degrade_folder
 
-    n, skipped = degrade_folder(src, dst, kind, level, seed=seed)
+    options = {}
+    if kind == "occlusion":
+        try:
+            rgb = tuple(int(v) for v in fill.split(","))
+        except ValueError:
+            rgb = ()
+        if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+            raise RL2Error(f"--fill: expected R,G,B with values 0-255, got {fill!r}")
+        options = {"n_rects": rects, "fill": rgb}
+    elif rects != 1 or fill != "0,0,0":
+        raise RL2Error("--rects and --fill apply to --kind occlusion only")
+    n, skipped = degrade_folder(src, dst, kind, level, seed=seed, progress=not quiet, **options)
     for s in skipped:
         err(f"skipped {s}")
     click.echo(f"wrote {n} images to {dst}" + (f" ({len(skipped)} skipped)" if skipped else ""))

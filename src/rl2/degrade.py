@@ -271,24 +271,28 @@ def degrade_pil(pil_image: Image.Image, kind: str, level: float, seed: int = 0,
     return Image.fromarray(apply(arr, kind, level, seed=seed, **options))
 
 
-def degrade_folder(src, dst, kind: str, level: float, seed: int = 0) -> tuple[int, list[str]]:
+def degrade_folder(src, dst, kind: str, level: float, seed: int = 0, progress: bool = False,
+                   **options) -> tuple[int, list[str]]:
     """Write degraded PNG copies of every image under ``src`` to ``dst``, keeping relative paths.
 
     Image i (in sorted order) uses ``seed + i``, so copies differ from one another but reruns are
-    identical. Each file is written atomically. Returns (written, one-line reasons for skipped files).
+    identical. ``options`` go to the family's function (e.g. ``n_rects``, ``fill`` for occlusion).
+    Each file is written atomically. Returns (written, one-line reasons for skipped files).
     """
     from pathlib import Path
+
+    from tqdm.auto import tqdm
 
     from .images import collect_images, load_rgb
     from .files import atomic_write_bytes
 
-    apply(np.zeros((16, 16, 3), np.uint8), kind, level)  # a bad kind or level fails once, up front
+    apply(np.zeros((16, 16, 3), np.uint8), kind, level, **options)  # a bad kind, level or option fails up front
     src_p = Path(src)
     paths = collect_images(src).paths
     written, skipped = 0, []
-    for i, p in enumerate(paths):
+    for i, p in enumerate(tqdm(paths, desc=f"{kind} {level:g}", unit="img", disable=not progress, leave=False)):
         try:
-            out = Image.fromarray(apply(np.asarray(load_rgb(p)), kind, level, seed=seed + i))
+            out = Image.fromarray(apply(np.asarray(load_rgb(p)), kind, level, seed=seed + i, **options))
         except RL2Error as e:
             skipped.append(str(e))
             continue
