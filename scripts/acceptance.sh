@@ -13,6 +13,7 @@ step() { local name=$1; shift; echo "== $name: $*"; local t=$SECONDS; "$@" > "$O
 
 # Issue 2: real data, both backbones; batch/worker invariance; core benchmark.
 step pcam_default  $PY scripts/check_pcam.py --save-ref "$OUT/pcam_ref.rl2"
+step occlusion     $PY scripts/measure_occlusion.py "$OUT/pcam_ref.rl2" $DATA/pcam_subset/val
 step pcam_random   $PY scripts/check_pcam.py --backbone resnet18-random-TESTONLY
 step invariance    $PY scripts/check_invariance.py "$OUT/pcam_ref.rl2" $DATA/pcam_subset/val
 step bench_core    $PY benchmarks/bench_core.py --repeats 3

@@ -136,21 +136,45 @@ def test_bomb_refused_even_if_warning_filter_is_lost(tmp_path, monkeypatch):
             load_rgb(p)
 
 
-def test_16bit_tiff_is_read_scaled_by_1_257(tmp_path):
+def test_16bit_tiff_keeps_the_high_byte(tmp_path):
     a = np.zeros((32, 32), np.uint16)
     a[0, 0] = 65535  # -> 255
     a[1, 2] = 257 * 100  # -> 100
-    a[3, 4] = 128  # 0.498 -> 0
-    a[5, 6] = 129  # 0.502 -> 1
-    a[7, 8] = 257 * 200 + 100  # 200.39 -> 200
+    a[3, 4] = 255  # -> 0
+    a[5, 6] = 256  # -> 1
+    a[7, 8] = 257 * 200 + 100  # 51500 -> 201
     p = tmp_path / "g16.tif"
     Image.fromarray(a).save(p)
     with Image.open(p) as im:
         assert im.mode.startswith("I;16")  # really a 16-bit file
     rgb = np.asarray(load_rgb(p))
     assert rgb.dtype == np.uint8 and rgb.shape == (32, 32, 3)
-    for (y, x), v in {(0, 0): 255, (1, 2): 100, (3, 4): 0, (5, 6): 1, (7, 8): 200, (9, 9): 0}.items():
+    for (y, x), v in {(0, 0): 255, (1, 2): 100, (3, 4): 0, (5, 6): 1, (7, 8): 201, (9, 9): 0}.items():
         assert list(rgb[y, x]) == [v, v, v], ((y, x), rgb[y, x])
+
+
+def _png16_rgb(path, a):
+    """A 16-bit RGB PNG, written by hand: Pillow cannot save one."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = a.shape
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in a)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16bit_rgb_png_keeps_the_high_byte_like_grey(tmp_path):
+    a = np.random.default_rng(0).integers(0, 65536, (20, 24, 3)).astype(np.uint16)
+    p = tmp_path / "rgb16.png"
+    _png16_rgb(p, a)
+    grey = tmp_path / "g16.png"
+    Image.fromarray(a[..., 0]).save(grey)
+    assert np.array_equal(np.asarray(load_rgb(p)), (a >> 8).astype(np.uint8))
+    assert np.array_equal(np.asarray(load_rgb(grey))[..., 0], (a[..., 0] >> 8).astype(np.uint8))
 
 
 def test_16bit_big_endian_tiff(tmp_path):
@@ -279,7 +303,7 @@ def test_cli_mixed_folder_lists_each_skip_and_exits_1(bad, ref_path, capsys, tmp
     assert [int(r["index"]) for r in rows] == list(range(n_inputs))
     status = {Path(r["path"]).name: r["status"] for r in rows}
     for f in files.values():
-        assert status[f.name].startswith(f"skipped: {f}: ")
+        assert status[f.name].startswith("skipped: ") and str(f) not in status[f.name]
     assert status["good1.png"] == status["good2.png"] == "ok"
 
 
@@ -347,13 +371,15 @@ def test_list_file_with_missing_entry_is_skipped_and_counted(tmp_path, ref_path,
     """
     Image.fromarray(texture()).save(tmp_path / "a.png")
     Image.fromarray(texture(seed=3)).save(tmp_path / "b.png")
-    (tmp_path / "dir.png").mkdir()  # a folder where a file should be: cannot be opened as an image
+    (tmp_path / "dir.png").mkdir()  # a folder without images where a file should be: a skip
+    (tmp_path / "sub").mkdir()  # a listed folder with an image: searched like a folder
+    Image.fromarray(texture(seed=4)).save(tmp_path / "sub" / "c.png")
     lst = tmp_path / "list.txt"
-    lst.write_text("# comment\na.png\nmissing.png\n\ndir.png\nb.png\n")
+    lst.write_text("# comment\na.png\nmissing.png\n\ndir.png\nb.png\nsub\n")
     code, out, err = run_cli(capsys, "score", ref_path, lst, "--json", "-q", "--bootstrap", "0")
     assert code == 1
     res = json.loads(out)
-    assert res["n_images"] == 2 and res["n_skipped"] == 2
+    assert res["n_images"] == 3 and res["n_skipped"] == 2
     reasons = {Path(s["path"]).name: s["reason"] for s in res["skipped"]}
     assert reasons["missing.png"] == f"{tmp_path / 'missing.png'}: no such file"
     assert reasons["dir.png"] == f"{tmp_path / 'dir.png'}: is a folder, not an image"

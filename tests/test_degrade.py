@@ -148,11 +148,23 @@ def test_occlusion_area_grows_and_fill(n_rects):
         assert covered[-1] == pytest.approx(0.5, abs=0.02)
 
 
+def test_occlusion_default_fill_is_the_image_mean_colour():
+    for img in (synthetic(), (synthetic() * 255).round().astype(np.uint8)):
+        out = degrade.occlusion(img, 0.3, seed=2)
+        mask = np.any(out != img, axis=-1)
+        assert 0.25 < mask.mean() <= 0.32
+        want = img.reshape(-1, 3).astype(np.float64).mean(0)
+        want = want.round() if img.dtype == np.uint8 else want
+        assert np.allclose(out[mask], want.astype(img.dtype))
+
+
 def test_occlusion_bad_options():
     with pytest.raises(RL2Error):
         degrade.occlusion(synthetic(), 0.1, n_rects=0)
     with pytest.raises(RL2Error):
         degrade.occlusion(synthetic(), 0.1, fill=(0, 0, 300))
+    with pytest.raises(RL2Error):
+        degrade.occlusion(synthetic(), 0.1, fill="black")
 
 
 def test_diffusion_schedule():

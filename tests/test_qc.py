@@ -197,3 +197,16 @@ def test_thumbnail_overlay_colours_bad_tiles_red():
     good, bad = img[30, 30].astype(int), img[30, 70].astype(int)
     assert good[1] > good[0] and bad[0] > bad[1]  # green vs red
     assert tuple(img[10, 50]) == (0, 90, 255)  # the tissue outline
+
+
+def test_zero_tile_size_is_an_error_not_the_default(ref):
+    with pytest.raises(RL2Error, match="tile size"):
+        qc_settings(ref, tile_px=0)
+    with pytest.raises(RL2Error, match="stride"):
+        qc_settings(ref, stride_px=0)
+
+
+def test_target_far_finer_than_the_slide_is_refused(ref, synthetic_slide, tmp_path):
+    """A typo like --target-mpp 0.01 would otherwise tile a slide into millions of upsampled tiles."""
+    with pytest.raises(SlideError, match="coarser than the target"):
+        qc_slide(synthetic_slide, ref, tmp_path / "out", mpp=0.97, target_mpp=0.01, progress=False)

@@ -9,11 +9,20 @@ Python API::
     print(result.rl2, result.ci95)
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
-from .errors import RL2Error  # noqa: E402
-from .reference import Reference, fit_reference  # noqa: E402
-from .scores import ScoreResult, score  # noqa: E402
-from .metric import RL2Metric  # noqa: E402
+# Imported on first use, so that `rl2 --help` starts fast and Ctrl-C during start-up is caught cleanly.
+_API = {
+    "RL2Error": "errors", "Reference": "reference", "fit_reference": "reference",
+    "score": "scores", "ScoreResult": "scores", "RL2Metric": "metric",
+}
 
-__all__ = ["RL2Error", "Reference", "fit_reference", "score", "ScoreResult", "RL2Metric", "__version__"]
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name):
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'rl2' has no attribute {name!r}")

@@ -15,7 +15,7 @@ import click
 from . import __version__
 from .errors import RL2Error
 
-from .cli_common import CONTEXT, EXIT_INPUT, EXIT_INTERNAL, EXIT_PARTIAL, compute_options, err, print_json
+from .cli_common import CONTEXT, EXIT_INPUT, EXIT_INTERNAL, EXIT_PARTIAL, bootstrap_option, compute_options, err, print_json
 
 
 def _report_skipped(skipped) -> None:
@@ -23,8 +23,10 @@ def _report_skipped(skipped) -> None:
         err(f"skipped {s['reason']}")
 
 
-def _fmt_ci(ci) -> str:
-    return "n/a (needs 2+ images)" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+def _fmt_ci(ci, bootstrap: int = 1) -> str:
+    if ci is None:
+        return "n/a (--bootstrap 0)" if bootstrap == 0 else "n/a (needs 2+ images)"
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
 def _fmt(v) -> str:
@@ -55,10 +57,13 @@ def cli():
 @click.option("--backbone", default="efficientnet-lite0", show_default=True, help="Feature extractor: efficientnet-lite0, resnet18, resnet18-random-TESTONLY.")
 @click.option("--weights", type=click.Path(), help="Backbone weights file (.pth or .safetensors); needed for resnet18 offline.")
 @click.option("--readout", help="Feature read-out: gap (default) or, for resnet18, paper (layer4 pooled 2x2 at 256 px, 8192-d).")
-@click.option("--dims", default=64, show_default=True, help="Latent dimension (PCA components fed to the flow).")
-@click.option("--holdout", default=0.25, show_default=True, help="Fraction of real images held out for early stopping and the reference statistics.")
+@click.option("--dims", default=64, show_default=True, type=click.IntRange(min=2),
+              help="Latent dimension (PCA components fed to the flow); at most the training images - 1.")
+@click.option("--holdout", default=0.25, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Fraction of real images held out for early stopping and the reference statistics.")
 @click.option("--seed", default=0, show_default=True, help="Seed for the split, the flow's init and its training.")
-@click.option("--mpp", type=float, help="Microns per pixel of the real images (recorded; `rl2 qc` tiles slides at it).")
+@click.option("--mpp", type=click.FloatRange(min=0, min_open=True),
+              help="Microns per pixel of the real images (recorded; `rl2 qc` tiles slides at it).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
@@ -69,11 +74,13 @@ def fit(real, output, backbone, weights, readout, dims, holdout, seed, mpp, forc
     Extracts backbone features, trains a normalizing flow on most of them and keeps the rest
     (--holdout) for early stopping and for the reference statistics.
     """
+    from .files import check_writable
     from .latents import FlowConfig
     from .reference import fit_reference
 
     if Path(output).exists() and not force:
         raise RL2Error(f"{output}: already exists; pass --force to overwrite it")
+    check_writable(output)
     ref, log = fit_reference(
         list(real), backbone=backbone, weights=weights, readout=readout,
         config=FlowConfig(pca_dims=dims, seed=seed), holdout=holdout, device=device,
@@ -93,6 +100,8 @@ def fit(real, output, backbone, weights, readout, dims, holdout, seed, mpp, forc
         click.echo(f"  backbone: {ref.identity.name} ({ref.identity.readout}), weights sha256 {ref.identity.weights_sha256[:12]}...")
         click.echo(f"  flow: {ref.dims}-d latents, best epoch {ref.meta['training']['best_epoch']}, "
                    f"held-out NLL {ref.meta['training']['heldout_nll_per_dim']:.3f} nats/dim")
+    for w in ref.meta.get("warnings", []):
+        err(f"warning: {w}")
     if skipped:
         sys.exit(EXIT_PARTIAL)  # finished, but some inputs failed (listed above)
 
@@ -102,7 +111,7 @@ def fit(real, output, backbone, weights, readout, dims, holdout, seed, mpp, forc
 @click.argument("images", nargs=-1, required=True)
 @click.option("--per-image", type=click.Path(dir_okay=False), help="Write one CSV row per image: score, NLL, status.")
 @click.option("--weights", type=click.Path(), help="Backbone weights, if the reference's backbone needs a file (resnet18).")
-@click.option("--bootstrap", default=200, show_default=True, help="Bootstrap replicates for the 95% interval (0 = none).")
+@bootstrap_option()
 @click.option("--seed", default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (rl2, l2, rl2_unbiased, ci95, n_images, n_skipped, reference, ...).")
@@ -121,24 +130,27 @@ def score(reference, images, per_image, weights, bootstrap, seed, strict, as_jso
     Unreadable images are skipped, listed on stderr (and under "skipped" in --json) and
     make the exit status 1; --strict stops at the first one instead (exit status 2).
     """
+    from .files import check_writable
     from .reference import Reference
     from .scores import score as run_score
 
     ref = Reference.load(reference)
+    if per_image:
+        check_writable(per_image)
     res = run_score(ref, list(images), per_image=per_image, batch_size=batch_size, workers=workers, device=device,
                     weights=weights, bootstrap=bootstrap, seed=seed, strict=strict, progress=not quiet)
     _report_skipped(res.skipped)
     if as_json:
         print_json(res.to_dict())
     else:
-        _print_score(res, ref, per_image)
+        _print_score(res, ref, per_image, bootstrap)
     if res.n_skipped:
         sys.exit(EXIT_PARTIAL)  # finished, but some inputs failed (listed above)
 
 
-def _print_score(res, ref, per_image) -> None:
+def _print_score(res, ref, per_image, bootstrap) -> None:
     click.echo(f"RL2            {res.rl2:.4f}")
-    click.echo(f"RL2 unbiased   {_fmt(res.rl2_unbiased)}   95% CI of the true RL2 {_fmt_ci(res.ci95)}")
+    click.echo(f"RL2 unbiased   {_fmt(res.rl2_unbiased)}   95% CI of the true RL2 {_fmt_ci(res.ci95, bootstrap)}")
     click.echo(f"L2             {res.l2:.4f}   (d = {ref.dims})")
     click.echo(f"images         {res.n_images} scored, {res.n_skipped} skipped"
                + (f", {res.non_square} non-square (centre-cropped)" if res.non_square else "")
@@ -167,6 +179,8 @@ def info(reference, as_json):
         click.echo(f"{k:14s} {v}")
     click.echo(f"{'created':14s} {ref.meta.get('created')} with rl2 {ref.meta.get('rl2_version')}")
     click.echo(f"{'counts':14s} {ref.meta.get('counts')}")
+    mpp, px = ref.meta.get("data_mpp"), ref.meta.get("data_image_px")
+    click.echo(f"{'data':14s} {f'{mpp} um/px' if mpp else 'pixel size not recorded (fit --mpp)'}, images ~{px} px")
     click.echo(f"{'held-out p99':14s} {ref.threshold(99):.4f} (default QC threshold)")
 
 
@@ -174,13 +188,18 @@ def info(reference, as_json):
 @click.argument("src")
 @click.argument("dst", type=click.Path(file_okay=False))
 @click.option("--kind", required=True, help="blur, noise, noise_blend, salt_pepper, occlusion, diffusion or jpeg.")
-@click.option("--level", required=True, type=float, help="Severity; 0 is the identity. See `rl2 degrade -h` for units.")
+@click.option("--level", required=True, type=float, help="Severity; 0 is the identity. Units per kind are in the table above.")
 @click.option("--seed", default=0, show_default=True, help="Seed; image i uses seed + i.")
 @click.option("--rects", default=1, show_default=True, help="occlusion only: number of rectangles sharing the area.")
-@click.option("--fill", default="0,0,0", show_default=True, help="occlusion only: rectangle colour as R,G,B (0-255).")
+@click.option("--fill", default="mean", show_default=True,
+              help="occlusion only: rectangle colour, 'mean' (the image's mean colour) or R,G,B (0-255).")
+@click.option("--force", is_flag=True, help="Overwrite files that already exist in DST.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def degrade(src, dst, kind, level, seed, rects, fill, quiet):
+def degrade(src, dst, kind, level, seed, rects, fill, force, quiet):
     """Write degraded copies of the images in SRC to the folder DST (as PNG, same relative paths).
+
+    DST may not be SRC or inside it. Where two inputs would get the same PNG name (x.jpg and
+    x.png), the other keeps its extension (x.jpg.png). Existing files need --force.
 
     \b
     kind         level means                      example levels
@@ -188,7 +207,7 @@ def degrade(src, dst, kind, level, seed, rects, fill, quiet):
     noise        Gaussian sigma on a 0-1 scale    0.02 0.05 0.1 0.2
     noise_blend  alpha in (1-alpha)*img + alpha*uniform noise
     salt_pepper  fraction of pixels               0.01 0.05 0.2
-    occlusion    area fraction covered            0.1 0.3 0.5   (--rects N, --fill R,G,B)
+    occlusion    area fraction covered            0.1 0.3 0.5   (--rects N, --fill mean|R,G,B)
     diffusion    DDPM timestep t of 1000          25 100 400
     jpeg         100 - JPEG quality               50 80 95
     """
@@ -196,16 +215,18 @@ def degrade(src, dst, kind, level, seed, rects, fill, quiet):
 
     options = {}
     if kind == "occlusion":
-        try:
-            rgb = tuple(int(v) for v in fill.split(","))
-        except ValueError:
-            rgb = ()
-        if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-            raise RL2Error(f"--fill: expected R,G,B with values 0-255, got {fill!r}")
+        rgb = fill
+        if fill != "mean":
+            try:
+                rgb = tuple(int(v) for v in fill.split(","))
+            except ValueError:
+                rgb = ()
+            if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+                raise RL2Error(f"--fill: expected 'mean' or R,G,B with values 0-255, got {fill!r}")
         options = {"n_rects": rects, "fill": rgb}
-    elif rects != 1 or fill != "0,0,0":
+    elif rects != 1 or fill != "mean":
         raise RL2Error("--rects and --fill apply to --kind occlusion only")
-    n, skipped = degrade_folder(src, dst, kind, level, seed=seed, progress=not quiet, **options)
+    n, skipped = degrade_folder(src, dst, kind, level, seed=seed, progress=not quiet, force=force, **options)
     for s in skipped:
         err(f"skipped {s}")
     click.echo(f"wrote {n} images to {dst}" + (f" ({len(skipped)} skipped)" if skipped else ""))

@@ -27,15 +27,39 @@ def print_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=json_default))
 
 
+def _check_device(ctx, param, value):
+    from .errors import RL2Error
+    from .features import resolve_device
+
+    try:
+        resolve_device(value)
+    except RL2Error as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def bootstrap_option(what: str = "the 95% interval"):
+    """--bootstrap: 0 for none, else enough replicates to place 2.5% and 97.5% percentiles."""
+    from .statistics import DEFAULT_BOOTSTRAP, MIN_BOOTSTRAP
+
+    def check(ctx, param, value):
+        if 0 < value < MIN_BOOTSTRAP:
+            raise click.BadParameter(f"{value} replicates cannot give a 95% interval; use 0 (none) or at least {MIN_BOOTSTRAP}")
+        return value
+
+    return click.option("--bootstrap", default=DEFAULT_BOOTSTRAP, show_default=True, type=click.IntRange(min=0),
+                        callback=check, help=f"Bootstrap replicates for {what}: 0 for none, else at least {MIN_BOOTSTRAP}.")
+
+
 def compute_options(batch_size: int = 64, what: str = "Images", workers_help: str = "Decoding threads"):
     """--batch-size, --workers, --device and --quiet, for commands that run the network."""
 
     def wrap(f):
-        f = click.option("--batch-size", default=batch_size, show_default=True,
+        f = click.option("--batch-size", default=batch_size, show_default=True, type=click.IntRange(min=1),
                          help=f"{what} per forward pass (does not change results).")(f)
-        f = click.option("--workers", default=2, show_default=True,
+        f = click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
                          help=f"{workers_help}; 0 = the main thread only (does not change results).")(f)
-        f = click.option("--device", default="auto", show_default=True,
+        f = click.option("--device", default="auto", show_default=True, callback=_check_device,
                          help="cpu, cuda, cuda:1 ... or auto (cuda when available).")(f)
         f = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(f)
         return f

@@ -29,14 +29,22 @@ class RunLog:
     non_square: int = 0
 
 
-def resolve_device(device: str | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None or "auto": cuda when available, else cpu. Anything but cpu and cuda[:N] is refused."""
+    from .errors import RL2Error
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RL2Error(f"device {device!r}: expected cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise RL2Error(f"device {device!r}: only cpu and cuda are supported")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from .errors import RL2Error
-
-        raise RL2Error("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
+        raise RL2Error(f"device {device!r} was asked for, but PyTorch sees no CUDA GPU here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RL2Error(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return dev
 
 

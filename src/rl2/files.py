@@ -32,6 +32,22 @@ def atomic_open(path, mode: str = "wb", **kwargs):
         raise
 
 
+def check_writable(path) -> None:
+    """Fail now, naming ``path``, if a file cannot be written there later (before minutes of work)."""
+    from .errors import RL2Error
+
+    path = Path(path)
+    if path.is_dir():
+        raise RL2Error(f"{path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise RL2Error(f"{path}: cannot write here ({e.strerror or type(e).__name__})") from None
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)

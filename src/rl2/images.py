@@ -3,7 +3,8 @@
 Colour policy (documented in the README):
 - EXIF orientation is applied first.
 - Alpha (RGBA, LA, palette with transparency) is composited on white, the colour of empty glass.
-- 16-bit images (``I;16*``, ``I``) are scaled to 8 bits by ``round(v / 257)``, so 65535 maps to 255.
+- 16-bit images keep their high byte (``v >> 8``, so 65535 maps to 255): Pillow reads 16-bit RGB that
+  way, and 16-bit grayscale (``I;16*``, ``I``) is reduced the same way so that every 16-bit file is treated alike.
   Float images (``F``) are taken as 0..1.
 - Palette, CMYK, YCbCr, LAB, HSV, grayscale and 1-bit images go through Pillow's own conversion to RGB.
 
@@ -64,6 +65,12 @@ def _from_list_file(path: Path) -> list[Path]:
     return out
 
 
+def _from_folder(p: Path, ignored: list[Path]) -> list[Path]:
+    files = sorted(f for f in p.rglob("*") if f.is_file())
+    ignored += [f for f in files if not _is_image(f)]
+    return [f for f in files if _is_image(f)]
+
+
 def collect_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> ImageSet:
     """Resolve folders (recursive), glob patterns, list files (.txt, one path a line) and image files.
 
@@ -77,9 +84,7 @@ def collect_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> I
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file())
-            found = [f for f in files if _is_image(f)]
-            ignored += [f for f in files if not _is_image(f)]
+            found = _from_folder(p, ignored)
             if not found:
                 raise NoImagesError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             paths += found
@@ -87,12 +92,16 @@ def collect_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> I
             listed = _from_list_file(p)
             if not listed:
                 raise NoImagesError(f"{p}: list file names no images")
-            paths += listed
+            # Listed folders are searched like folders. Listed entries that are missing, broken or
+            # folders without images are kept, so that reading them reports each one as a skip.
+            for q in listed:
+                paths += (_from_folder(q, ignored) if q.is_dir() else []) or [q]
         elif p.is_file():
             paths.append(p)
         elif glob.has_magic(str(item)):
             matched = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
             found = [m for m in matched if m.is_file() and _is_image(m)]
+            ignored += [m for m in matched if m.is_file() and not _is_image(m)]
             if not found:
                 raise NoImagesError(f"{item}: pattern matches no images")
             paths += found
@@ -108,10 +117,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(img, dtype=np.float64)
+        a = np.asarray(img)
         if a.max(initial=0) > 65535 or a.min(initial=0) < 0:
             raise ValueError(f"32-bit integer values outside 0..65535 (mode {img.mode})")
-        return Image.fromarray(np.round(a / 257.0).astype(np.uint8)).convert("RGB")
+        return Image.fromarray((a.astype(np.int64) >> 8).astype(np.uint8)).convert("RGB")
     if img.mode == "F":
         a = np.clip(np.asarray(img, dtype=np.float64), 0.0, 1.0)
         return Image.fromarray(np.round(a * 255.0).astype(np.uint8)).convert("RGB")
@@ -157,6 +166,8 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise ImageError(f"{path}: is a folder, not an image") from None
     except Exception as e:  # Pillow raises many types for corrupt data
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if reason.startswith("cannot identify image file"):  # Pillow's words, with the path again
+            reason = "not an image file, or an unsupported format"
         raise ImageError(f"{path}: cannot read image ({reason})") from None
     if min(rgb.size) < MIN_SIDE:
         raise ImageError(f"{path}: image is {rgb.width}x{rgb.height} px; at least {MIN_SIDE} px a side is needed")

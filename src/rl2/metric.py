@@ -39,8 +39,8 @@ class RL2Metric:
     def update(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"RL2Metric.update expects N x 3 x H x W images, got shape {tuple(images.shape)}")
-        if images.is_floating_point() and (images.min() < 0 or images.max() > 1):
-            raise ValueError("RL2Metric.update expects float images in [0, 1] (or uint8)")
+        if images.is_floating_point() and not bool(((images >= 0) & (images <= 1)).all()):  # also catches NaN
+            raise ValueError("RL2Metric.update expects finite float images in [0, 1] (or uint8)")
         z, _ = self.reference.latents_of(self.backbone(images.to(self.device)))
         z = z.double()
         if self._boot is not None:

@@ -43,6 +43,7 @@ from .tissue import grid_tiles, tissue_fraction, tissue_mask
 SAVE_TILES = ("kept", "rejected", "all", "none")
 DEFAULT_PERCENTILE = 99.0
 DEFAULT_TILE_PX = 224  # when the reference does not record its images' size
+MAX_UPSAMPLE = 4  # coarser slides than 1/4 of the target pixel size are refused: tiles would be mostly blur
 THUMB_MAX = 2048  # longer side of the thumbnail the tissue mask is computed on
 GALLERY_SIZE = 12  # worst rejected and borderline kept tiles kept per slide for the report
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
@@ -67,16 +68,17 @@ def resolve_threshold(reference: Reference, threshold: float | None, percentile:
 def qc_settings(reference: Reference, target_mpp=None, tile_px=None, stride_px=None, min_tissue=0.5,
                 threshold=None, percentile=None, save_tiles="rejected", mpp=None) -> dict:
     """Validate the options and fill in the defaults from the reference. Raises RL2Error (bad input)."""
+    source = "--target-mpp" if target_mpp is not None else "the reference's data_mpp"
     target_mpp = target_mpp if target_mpp is not None else reference.meta.get("data_mpp")
     if target_mpp is None:
         raise RL2Error("the reference does not record its images' pixel size (fit it with --mpp); "
                        "pass --target-mpp MICRONS_PER_PIXEL to choose the tiling resolution")
     if not (target_mpp > 0 and math.isfinite(target_mpp)):
-        raise RL2Error(f"--target-mpp must be a positive number, got {target_mpp}")
+        raise RL2Error(f"{source} must be a positive number, got {target_mpp}")
     if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
         raise RL2Error(f"--mpp must be a positive number, got {mpp}")
-    tile_px = int(tile_px or reference.meta.get("data_image_px") or DEFAULT_TILE_PX)
-    stride_px = int(stride_px or tile_px)
+    tile_px = int(tile_px if tile_px is not None else reference.meta.get("data_image_px") or DEFAULT_TILE_PX)
+    stride_px = int(stride_px if stride_px is not None else tile_px)
     if tile_px < 16 or stride_px < 1:
         raise RL2Error(f"tile size must be at least 16 px and stride at least 1 px (got {tile_px}, {stride_px})")
     if not 0 <= min_tissue <= 1:
@@ -200,6 +202,9 @@ def _run(slide, reference, settings, out: Path, batch_size, workers, device, pro
     stride_l0 = max(1, round(settings["stride_px"] * settings["target_mpp"] / slide_mpp))
     tile_mpp = size_l0 * slide_mpp / tile_px  # the pixel size tiles really have, after rounding
     level = slide.get_best_level_for_downsample(size_l0 / tile_px)
+    if size_l0 * MAX_UPSAMPLE < tile_px:
+        raise SlideError(f"{slide.path}: the slide ({slide_mpp:.3f} um/px) is over {MAX_UPSAMPLE}x coarser than the "
+                         f"target ({settings['target_mpp']:.3f} um/px); check --target-mpp and --mpp")
     if size_l0 < tile_px:
         warnings.append(f"the slide ({slide_mpp:.3f} um/px) is coarser than the target "
                         f"({settings['target_mpp']:.3f} um/px); tiles are upsampled")

@@ -7,6 +7,7 @@ creation time, and a sha256 of every tensor byte so tampering is caught). Loadin
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -21,7 +22,7 @@ import torch
 from . import __version__
 from .backbones import DEFAULT_BACKBONE, Backbone, Identity, load_backbone
 from .files import atomic_write_bytes
-from .errors import NoImagesError, ReferenceFileError, WeightsError
+from .errors import NoImagesError, ReferenceFileError, RL2Error, WeightsError
 from .features import RunLog, extract_features, resolve_device
 from .images import collect_images
 from .latents import FeatureScaler, FlowConfig, build_flow, to_latent, train_flow
@@ -30,6 +31,8 @@ from .statistics import RefMoments
 FORMAT = "rl2-reference"
 FORMAT_VERSION = 1
 MIN_IMAGES = 20
+MIN_SPLIT = 5  # least images on either side of the train / held-out split
+RECOMMENDED_TRAIN = 200  # below this, fit warns that the reference is likely unreliable
 MAX_STORED_FEATURES = 5000  # held-out features kept for the FD/KID baselines
 def _payload_sha256(tensors: dict[str, torch.Tensor], meta: dict) -> str:
     """sha256 of every tensor (name, shape, bytes) and of the metadata (without this checksum)."""
@@ -192,13 +195,15 @@ class Reference:
 
 def check_compatible(expected: Identity, found: Identity, what: str = "backbone") -> None:
     """Refuse to mix features from different backbones, read-outs, weights or preprocessing."""
-    for key in ("name", "readout", "weights_sha256", "feature_dim", "preprocessing"):
-        a, b = getattr(expected, key), getattr(found, key)
-        if a != b:
+    a, b = expected.to_dict(), found.to_dict()
+    flat = lambda d: {**{k: v for k, v in d.items() if k != "preprocessing"},  # noqa: E731
+                      **{f"preprocessing.{k}": v for k, v in d["preprocessing"].items()}}
+    a, b = flat(a), flat(b)
+    for key in a:
+        if a[key] != b.get(key):
             show = (lambda v: str(v)[:12] + "...") if key == "weights_sha256" else str
-            raise WeightsError(
-                f"incompatible {what}: the reference was made with {key} {show(a)}, but this run uses {show(b)}"
-            )
+            raise WeightsError(f"incompatible {what}: the reference was made with {key} {show(a[key])}, "
+                               f"but this run uses {show(b.get(key))}; refit the reference or use its settings")
 
 
 def _typical_side(paths, sample: int = 50) -> int | None:
@@ -237,6 +242,10 @@ def fit_reference(
     is recorded so that slide QC can tile slides at the same magnification.
     """
     cfg = config or FlowConfig()
+    if not 0 < holdout < 1:
+        raise RL2Error(f"holdout must lie strictly between 0 and 1, got {holdout}")
+    if cfg.pca_dims < 2:
+        raise RL2Error(f"the latent dimension (--dims) must be at least 2, got {cfg.pca_dims}")
     dev = resolve_device(device)
     bb = load_backbone(backbone, weights=weights, readout=readout).to(dev)
     imageset = collect_images(images)
@@ -247,10 +256,20 @@ def fit_reference(
     if len(feats) < MIN_IMAGES:
         raise NoImagesError(f"only {len(feats)} readable real images; a reference needs at least {MIN_IMAGES}")
     order = np.random.default_rng(cfg.seed).permutation(len(feats))
-    n_hold = max(2, int(round(holdout * len(feats))))
+    n_hold = int(round(holdout * len(feats)))
+    if n_hold < MIN_SPLIT or len(feats) - n_hold < MIN_SPLIT:
+        raise RL2Error(f"holdout {holdout} of {len(feats)} images leaves {len(feats) - n_hold} to train on and "
+                       f"{n_hold} held out; each needs at least {MIN_SPLIT}")
     hold, train = order[:n_hold], order[n_hold:]
 
     scaler = FeatureScaler.fit(feats[train], cfg.pca_dims)
+    warnings = []
+    if scaler.dims < cfg.pca_dims:
+        warnings.append(f"latent dimension lowered from {cfg.pca_dims} to {scaler.dims} "
+                        f"(at most the {len(train)} training images - 1)")
+        cfg = dataclasses.replace(cfg, pca_dims=scaler.dims)  # the file records what was really used
+    if len(train) < RECOMMENDED_TRAIN:
+        warnings.append(f"only {len(train)} training images; a reliable reference wants {RECOMMENDED_TRAIN} or more")
     x_train = scaler(torch.from_numpy(feats[train]))
     x_hold = scaler(torch.from_numpy(feats[hold]))
     flow, history = train_flow(x_train, x_hold, cfg, progress=progress)
@@ -284,6 +303,7 @@ def fit_reference(
             "best_epoch": history["best_epoch"],
             "heldout_nll_per_dim": float(image_nll.mean()),
         },
+        "warnings": warnings,
         "heldout_score_percentiles": {
             str(p): float(np.percentile(image_scores, p)) for p in (50, 90, 95, 99)
         },

@@ -94,7 +94,8 @@ def score(
         nonlocal written_skips
         new = log.skipped[written_skips:]
         written_skips = len(log.skipped)
-        return [(s.index, s.path, None, None, "skipped: " + s.reason) for s in new]
+        # The reason begins with the path, which has a column of its own.
+        return [(s.index, s.path, None, None, "skipped: " + s.reason.removeprefix(f"{s.path}: ")) for s in new]
 
     # The CSV is streamed to a temporary file that replaces ``per_image`` only if the run succeeds.
     with atomic_open(per_image, "w", newline="") if per_image else contextlib.nullcontext() as f:

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import linalg
 
 DEFAULT_BOOTSTRAP = 200
+MIN_BOOTSTRAP = 20  # fewer replicates cannot place the 2.5% and 97.5% percentiles at all
 
 
 def poisson_weights(seed: int, indices, replicates: int) -> np.ndarray:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from . import __version__
 from .degrade import FAMILIES
-from .cli_common import CONTEXT, compute_options, err
+from .cli_common import CONTEXT, EXIT_PARTIAL, bootstrap_option, compute_options, err
 from .errors import RL2Error
 
 
@@ -48,7 +49,7 @@ def _n(v) -> str:
               help="Folder for results.json, CSV tables, PNG plots and report.html.")
 @click.option("--families", help=f"Comma-separated families to sweep (default all: {','.join(FAMILIES)}).")
 @click.option("--levels", help='Override levels of some families, e.g. "blur=0,1,2;noise=0,0.1" (0 is always added).')
-@click.option("--bootstrap", default=200, show_default=True, help="Bootstrap replicates for RL2's 95% interval.")
+@bootstrap_option("RL2's 95% interval")
 @click.option("--repeats", default=20, show_default=True, help="Seeded subsets per N in the stability run.")
 @click.option("--sizes", default="10,25,50,100,200,500", show_default=True,
               help="Subset sizes N for the stability run; all images is always added.")
@@ -80,7 +81,11 @@ def command(reference, images, outdir, families, levels, bootstrap, repeats, siz
     out = Path(outdir)
     if (out / "results.json").exists() and not force:
         raise RL2Error(f"{out}: already holds a report; pass --force to overwrite it")
-    fams = [f.strip() for f in families.split(",") if f.strip()] if families else None
+    fams = None
+    if families is not None:
+        fams = [f.strip() for f in families.split(",") if f.strip()]
+        if not fams:
+            raise RL2Error("--families: give at least one family (or leave the option out for all)")
     plan = resolve_levels(fams, parse_levels(levels))  # fails on bad input before any work
     degradation = None if no_stability else _degradation(stability_on)
     if degradation:
@@ -100,8 +105,13 @@ def command(reference, images, outdir, families, levels, bootstrap, repeats, siz
     write_report(results, out)
     if as_json:
         click.echo((out / "results.json").read_text())
-        return
+    else:
+        _print_tables(ref, sweep, stab, out)
+    if src.skipped:
+        sys.exit(EXIT_PARTIAL)  # finished, but some inputs could not be read (listed above)
 
+
+def _print_tables(ref, sweep, stab, out) -> None:
     click.echo(f"{sweep['n_images']} images, reference {ref.fingerprint} ({ref.identity.name}); Spearman rho of "
                "level vs. score (* = a step where the score does not rise)")
     click.echo(f"{'family':12s} {'levels':>6s} {'RL2':>7s} {'RL2-unb':>8s} {'FD':>7s} {'KID':>7s}  non-monotonic steps")

@@ -36,7 +36,7 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resize: str = "centre square crop, then PIL bicubic (antialiased) to input_size"
-    colour: str = "RGB; alpha on white; 16-bit scaled by 1/257; EXIF orientation applied"
+    colour: str = "RGB; alpha on white; 16-bit to its high byte; EXIF orientation applied"
 
     def to_dict(self) -> dict:
         return asdict(self)
