@@ -25,6 +25,9 @@ HELDOUT = SAMPLE / "heldout"
 CONFIG = FlowConfig(pca_dims=16, max_epochs=15, patience=5)
 
 
+FINGERPRINT_AT_FIT: list[str] = []
+
+
 @functools.lru_cache(maxsize=None)
 def fitted_reference() -> tuple[Reference, Path]:
     """(the in-memory reference as fit_reference returned it, the file it was saved to). Do not mutate."""
@@ -36,6 +39,7 @@ def fitted_reference() -> tuple[Reference, Path]:
         ref, _ = fit_reference(sorted(REAL.glob("*.png"))[:40], config=CONFIG, workers=0, progress=False)
     finally:
         torch.set_num_threads(threads)
+    FINGERPRINT_AT_FIT.append(ref.fingerprint)  # before save, which must not change it
     path = ref.save(tmp / "ref.rl2")
     return ref, path
 

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from _rl2_core_helpers import (
+    FINGERPRINT_AT_FIT,
     default_backbone,
     fitted_reference,
     heldout,
@@ -378,6 +379,12 @@ def test_cli_per_image_csv_untouched_when_strict_run_fails(capsys, ref_path, tmp
     assert err.strip().splitlines() == [f"rl2: {bad}: cannot read image (not an image file, or an unsupported format)"]
     assert out_csv.read_text() == "previous results\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "per_image.csv"]
+
+
+def test_fingerprint_exists_before_saving_and_survives_it():
+    fitted, path = fitted_reference()
+    assert len(FINGERPRINT_AT_FIT[0]) == 16
+    assert FINGERPRINT_AT_FIT[0] == fitted.fingerprint == Reference.load(path).fingerprint
 
 
 def test_score_result_reference_summary(ref_path):

@@ -3,11 +3,14 @@
 import csv
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from click.testing import CliRunner
 
 from rl2 import fit_reference, score
@@ -170,6 +173,17 @@ def test_report_html_is_self_contained(swept):
     # Thumbnail strip: one image per level of each family, plus 3 sweep plots and 2 stability plots.
     assert len(srcs) == 5 + 3 + 2
     assert "not Inception" in text
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(swept, tmp_path):
+    png = tmp_path / "report.png"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_report.sh"
+    subprocess.run(["bash", str(script), str(swept[0] / "report.html"), str(png), "1200x2400"], check=True, timeout=120)
+    shot = np.asarray(Image.open(png).convert("RGB"))
+    assert shot.shape[:2] == (2400, 1200)
+    # A rendered page, not a blank one: plots and thumbnails put many colours on it.
+    assert len(np.unique(shot.reshape(-1, 3)[::7], axis=0)) > 200
 
 
 def test_sweep_level0_matches_score(swept, ref_file):

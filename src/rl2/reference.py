@@ -120,9 +120,8 @@ class Reference:
         return float(np.percentile(self.image_scores, percentile))
 
     # -- file I/O -------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        from safetensors.torch import save
-
+    def _sealed(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The tensors and metadata as saved, with the checksum that is also the fingerprint."""
         t = {f"scaler.{k}": v.cpu() for k, v in self.scaler.state_dict().items()}
         t.update({f"flow.{k}": v.cpu().contiguous() for k, v in self.flow.state_dict().items()})
         t["ref.latent_mean"] = torch.from_numpy(np.asarray(self.moments.mean, np.float64))
@@ -140,8 +139,13 @@ class Reference:
             n_heldout=int(self.moments.n),
         )
         meta["payload_sha256"] = _payload_sha256(t, meta)
-        self.meta = meta
-        atomic_write_bytes(Path(path), save(t, metadata={"rl2": json.dumps(meta)}))
+        return t, meta
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from safetensors.torch import save
+
+        t, self.meta = self._sealed()
+        atomic_write_bytes(Path(path), save(t, metadata={"rl2": json.dumps(self.meta)}))
         return Path(path)
 
     @classmethod
@@ -310,4 +314,5 @@ def fit_reference(
     }
     ref = Reference(bb.identity, scaler, flow, cfg, moments, z.astype(np.float32), feats[keep],
                     image_scores, image_nll, meta, _backbone=bb)
+    ref.meta = ref._sealed()[1]  # the fingerprint exists before the file does; saving gives the same one
     return ref, log
