@@ -26,6 +26,7 @@ from _rl2_core_helpers import (
 )
 from rl2 import RL2Metric
 from rl2 import scores as scores_mod
+from rl2.errors import RL2Error
 from rl2.features import RunLog, extract_features
 from rl2.reference import Reference
 from rl2.scores import score
@@ -107,15 +108,21 @@ def test_two_images():
     assert r.ci95 is not None and len(r.ci95) == 2 and 0 <= r.ci95[0] <= r.ci95[1]
 
 
-def test_two_images_with_one_bootstrap_replicate_does_not_crash():
-    """With 2 images a Poisson replicate often has < 2 images; with few replicates none may qualify."""
+def test_two_images_with_no_usable_bootstrap_replicate_give_no_interval():
+    """With 2 images a Poisson replicate often has < 2 images; should none qualify, there is no interval."""
     ref = load_reference()
     z = np.random.default_rng(0).normal(size=(2, ref.dims))
-    for seed in range(20):
-        stats = LatentStats(ref.dims, replicates=1, seed=seed)
-        stats.update(z, [0, 1])
-        out = score_sets(ref.moments, ref.latents, stats, seed=seed)
-        assert out["ci95"] is None or len(out["ci95"]) == 2
+    stats = LatentStats(ref.dims, replicates=20, seed=0)
+    stats.update(z, [0, 1])
+    stats.boot_n[:] = np.minimum(stats.boot_n, 1)  # as if every replicate had drawn fewer than 2 images
+    out = score_sets(ref.moments, ref.latents, stats, seed=0)
+    assert out["ci95"] is None and out["rl2_unbiased"] is not None
+
+
+@pytest.mark.parametrize("kw", [dict(replicates=5), dict(replicates=-1), dict(seed=-1), dict(seed=2**32)])
+def test_bootstrap_settings_are_checked(kw):
+    with pytest.raises(RL2Error):
+        LatentStats(4, **{"replicates": 20, "seed": 0, **kw})
 
 
 # -- the reference file --------------------------------------------------------------------------
@@ -360,7 +367,7 @@ def test_cli_per_image_csv_is_atomic(capsys, ref_path, tmp_path, monkeypatch):
         return real(self, feats)
 
     monkeypatch.setattr(Reference, "latents_of", fail_on_second_batch)
-    code, out, err = run_cli(capsys, "score", ref_path, *heldout(4), "--per-image", out_csv, "-q",
+    code, out, err = run_cli(capsys, "score", ref_path, *heldout(4), "--per-image", out_csv, "-q", "--force",
                              "--batch-size", "2", "--workers", "0")
     assert code == 130 and err.strip() == "rl2: interrupted"
     assert calls["n"] == 2
@@ -374,11 +381,34 @@ def test_cli_per_image_csv_untouched_when_strict_run_fails(capsys, ref_path, tmp
     out_csv = tmp_path / "per_image.csv"
     out_csv.write_text("previous results\n")
     code, out, err = run_cli(capsys, "score", ref_path, *heldout(2), bad, "--per-image", out_csv, "-q",
-                             "--strict", "--batch-size", "2", "--workers", "0")
+                             "--strict", "--force", "--batch-size", "2", "--workers", "0")
     assert code == 2 and out == ""
     assert err.strip().splitlines() == [f"rl2: {bad}: cannot read image (not an image file, or an unsupported format)"]
     assert out_csv.read_text() == "previous results\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "per_image.csv"]
+
+
+def test_cli_per_image_never_overwrites_without_force_nor_inputs(capsys, ref_path, tmp_path):
+    out_csv = tmp_path / "per_image.csv"
+    out_csv.write_text("previous results\n")
+    code, _, err = run_cli(capsys, "score", ref_path, *heldout(2), "--per-image", out_csv, "-q")
+    assert code == 2 and "already exists; pass --force" in err and out_csv.read_text() == "previous results\n"
+    image = tmp_path / "input.png"
+    image.write_bytes(heldout(1)[0].read_bytes())
+    before_ref, before_img = Path(ref_path).read_bytes(), image.read_bytes()
+    for target in (ref_path, image):
+        code, _, err = run_cli(capsys, "score", ref_path, image, "--per-image", target, "--force", "-q")
+        assert code == 2 and "would overwrite the input" in err and str(target) in err, err
+    assert Path(ref_path).read_bytes() == before_ref and image.read_bytes() == before_img
+
+
+def test_cli_fit_refuses_to_overwrite_an_input_image(capsys, tmp_path):
+    image = tmp_path / "real" / "a.png"
+    image.parent.mkdir()
+    image.write_bytes(heldout(1)[0].read_bytes())
+    code, _, err = run_cli(capsys, "fit", image.parent, "-o", image, "--force", "-q")
+    assert code == 2 and "would overwrite the input" in err
+    assert image.read_bytes() == heldout(1)[0].read_bytes()
 
 
 def test_fingerprint_exists_before_saving_and_survives_it():

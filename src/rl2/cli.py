@@ -15,7 +15,8 @@ import click
 from . import __version__
 from .errors import RL2Error
 
-from .cli_common import CONTEXT, EXIT_INPUT, EXIT_INTERNAL, EXIT_PARTIAL, bootstrap_option, compute_options, err, print_json
+from .cli_common import (CONTEXT, EXIT_INPUT, EXIT_INTERNAL, EXIT_PARTIAL, POSITIVE, bootstrap_option, compute_options, err,
+                         print_json, seed_option)
 
 
 def _report_skipped(skipped) -> None:
@@ -61,8 +62,8 @@ def cli():
               help="Latent dimension (PCA components fed to the flow); at most the training images - 1.")
 @click.option("--holdout", default=0.25, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Fraction of real images held out for early stopping and the reference statistics.")
-@click.option("--seed", default=0, show_default=True, help="Seed for the split, the flow's init and its training.")
-@click.option("--mpp", type=click.FloatRange(min=0, min_open=True),
+@seed_option("Seed for the split, the flow's init and its training.")
+@click.option("--mpp", type=POSITIVE,
               help="Microns per pixel of the real images (recorded; `rl2 qc` tiles slides at it).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
@@ -74,10 +75,12 @@ def fit(real, output, backbone, weights, readout, dims, holdout, seed, mpp, forc
     Extracts backbone features, trains a normalizing flow on most of them and keeps the rest
     (--holdout) for early stopping and for the reference statistics.
     """
-    from .files import check_writable
+    from .files import check_output, check_writable
+    from .images import collect_images
     from .latents import FlowConfig
     from .reference import fit_reference
 
+    check_output(output, [*real, *collect_images(list(real)).paths], "reference file")
     if Path(output).exists() and not force:
         raise RL2Error(f"{output}: already exists; pass --force to overwrite it")
     check_writable(output)
@@ -110,13 +113,14 @@ def fit(real, output, backbone, weights, readout, dims, holdout, seed, mpp, forc
 @click.argument("reference", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
 @click.option("--per-image", type=click.Path(dir_okay=False), help="Write one CSV row per image: score, NLL, status.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --per-image file.")
 @click.option("--weights", type=click.Path(), help="Backbone weights, if the reference's backbone needs a file (resnet18).")
 @bootstrap_option()
-@click.option("--seed", default=0, show_default=True, help="Bootstrap seed.")
+@seed_option("Bootstrap seed.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (rl2, l2, rl2_unbiased, ci95, n_images, n_skipped, reference, ...).")
 @compute_options()
-def score(reference, images, per_image, weights, bootstrap, seed, strict, as_json, batch_size, workers, device, quiet):
+def score(reference, images, per_image, force, weights, bootstrap, seed, strict, as_json, batch_size, workers, device, quiet):
     """Score IMAGES against a REFERENCE made by `rl2 fit`.
 
     \b
@@ -136,10 +140,14 @@ def score(reference, images, per_image, weights, bootstrap, seed, strict, as_jso
 
     ref = Reference.load(reference)
     if per_image:
+        if Path(per_image).exists() and not force:
+            raise RL2Error(f"{per_image}: already exists; pass --force to overwrite it")
         check_writable(per_image)
     res = run_score(ref, list(images), per_image=per_image, batch_size=batch_size, workers=workers, device=device,
                     weights=weights, bootstrap=bootstrap, seed=seed, strict=strict, progress=not quiet)
     _report_skipped(res.skipped)
+    if res.n_duplicates:
+        err(f"warning: {res.n_duplicates} image paths were given more than once; each was scored every time")
     if as_json:
         print_json(res.to_dict())
     else:
@@ -189,7 +197,7 @@ def info(reference, as_json):
 @click.argument("dst", type=click.Path(file_okay=False))
 @click.option("--kind", required=True, help="blur, noise, noise_blend, salt_pepper, occlusion, diffusion or jpeg.")
 @click.option("--level", required=True, type=float, help="Severity; 0 is the identity. Units per kind are in the table above.")
-@click.option("--seed", default=0, show_default=True, help="Seed; image i uses seed + i.")
+@seed_option("Seed; image i uses seed + i.")
 @click.option("--rects", default=1, show_default=True, help="occlusion only: number of rectangles sharing the area.")
 @click.option("--fill", default="mean", show_default=True,
               help="occlusion only: rectangle colour, 'mean' (the image's mean colour) or R,G,B (0-255).")

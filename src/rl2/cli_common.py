@@ -10,7 +10,7 @@ import json
 
 import click
 
-from .files import json_default
+from .files import json_default, json_safe
 
 EXIT_PARTIAL = 1  # finished, but some inputs failed or were skipped
 EXIT_INPUT = 2  # bad input or usage
@@ -19,12 +19,44 @@ EXIT_INTERNAL = 3  # a bug
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 
 
+# Control characters (a newline in a file name, say) are shown escaped, so every message stays one line.
+_ESCAPES = {c: f"\\x{c:02x}" for c in range(32)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
 def err(msg: str) -> None:
-    click.echo(f"rl2: {msg}", err=True)
+    click.echo("rl2: " + str(msg).translate(_ESCAPES), err=True)
 
 
 def print_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=json_default))
+    """One strict JSON object on stdout (non-finite numbers as null)."""
+    click.echo(json.dumps(json_safe(obj), indent=2, default=json_default, allow_nan=False))
+
+
+SEED_MAX = 2**32 - 1
+
+
+def seed_option(help: str):
+    return click.option("--seed", default=0, show_default=True, type=click.IntRange(0, SEED_MAX), help=help)
+
+
+class PositiveFinite(click.ParamType):
+    """A finite number above 0 (click's FloatRange lets inf and nan through)."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not (math.isfinite(v) and v > 0):
+            self.fail(f"{value!r} must be a finite number above 0", param, ctx)
+        return v
+
+
+POSITIVE = PositiveFinite()
 
 
 def _check_device(ctx, param, value):

@@ -57,6 +57,44 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_safe(o):
+    """JSON has no NaN/Infinity: non-finite numbers become null (for json.dumps(allow_nan=False))."""
+    import math
+
+    import numpy as np
+
+    if isinstance(o, dict):
+        return {k: json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, (float, np.floating)) and not math.isfinite(o):
+        return None
+    return o
+
+
+def check_output(path, inputs=(), what: str = "output", folder: bool = False) -> None:
+    """Refuse an output that is one of the ``inputs`` (files or folders the run reads).
+
+    An output ``folder`` may also neither lie inside an input folder (a later run would read its
+    images as input) nor hold an input. Nothing the user made may be lost to an output.
+    """
+    from .errors import RL2Error
+
+    out = Path(path).expanduser().resolve()
+    for item in inputs:
+        src = Path(item).expanduser()
+        if not src.exists():
+            continue
+        src = src.resolve()
+        if out == src:
+            raise RL2Error(f"{path}: the {what} would overwrite the input {item}; choose another name")
+        if folder and src.is_dir() and src in out.parents:
+            raise RL2Error(f"{path}: the {what} folder may not lie inside the input folder {item}, "
+                           "where a later run would read its images as input")
+        if folder and out in src.parents:
+            raise RL2Error(f"{path}: the {what} folder holds the input {item}; choose a separate folder")
+
+
 def json_default(o):
     """json.dumps(default=...) for numpy scalars and paths."""
     import numpy as np

@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageError, NoImagesError
+from .errors import ImageError, NoImagesError, RL2Error
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
@@ -44,6 +44,11 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def n_duplicates(self) -> int:
+        """Paths given more than once (each is read every time it is given)."""
+        return len(self.paths) - len({os.path.realpath(p) for p in self.paths})
+
 
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
@@ -52,7 +57,7 @@ def _is_image(path: Path) -> bool:
 def _from_list_file(path: Path) -> list[Path]:
     out = []
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM (as Notepad writes) is not part of a path
     except UnicodeDecodeError:
         raise NoImagesError(f"{path}: list file is not UTF-8 text (one image path a line)") from None
     except OSError as e:
@@ -66,7 +71,19 @@ def _from_list_file(path: Path) -> list[Path]:
 
 
 def _from_folder(p: Path, ignored: list[Path]) -> list[Path]:
-    files = sorted(f for f in p.rglob("*") if f.is_file())
+    """Image files under ``p``, following linked folders (each real folder once, so loops end).
+
+    Broken links with image names are kept, so that reading them reports each one as a skip.
+    """
+    files, seen = [], set()
+    for root, dirs, names in os.walk(p, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [Path(root, n) for n in names]
+    files.sort()
     ignored += [f for f in files if not _is_image(f)]
     return [f for f in files if _is_image(f)]
 
@@ -100,8 +117,10 @@ def collect_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> I
             paths.append(p)
         elif glob.has_magic(str(item)):
             matched = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
-            found = [m for m in matched if m.is_file() and _is_image(m)]
-            ignored += [m for m in matched if m.is_file() and not _is_image(m)]
+            found = []
+            for m in matched:  # matched folders are searched like folders given by name
+                found += _from_folder(m, ignored) if m.is_dir() else [m] if _is_image(m) else []
+            ignored += [m for m in matched if not m.is_dir() and not _is_image(m)]
             if not found:
                 raise NoImagesError(f"{item}: pattern matches no images")
             paths += found
@@ -227,6 +246,8 @@ def iter_batches(
     Unreadable images are appended to ``skipped``; with ``strict`` or no ``skipped`` list they raise
     ImageError. They are never dropped silently. The next batch is decoded while the caller runs the network on this one.
     """
+    if not (isinstance(batch_size, int) and batch_size >= 1) or not (isinstance(workers, int) and workers >= 0):
+        raise RL2Error(f"batch_size must be an integer of at least 1 and workers at least 0, got {batch_size!r} and {workers!r}")
     chunks = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
     pool = ThreadPoolExecutor(workers) if workers > 0 else None
 

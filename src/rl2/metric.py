@@ -7,19 +7,25 @@ antialiased), which can differ from the file pipeline's Pillow resize by about o
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+from .images import MIN_SIDE
 from .reference import Reference
 from .statistics import LatentStats, score_sets
 
 
 class RL2Metric:
-    def __init__(self, reference: Reference, device: str | torch.device | None = None, weights: str | None = None,
+    def __init__(self, reference: Reference | str | os.PathLike, device: str | torch.device | None = None, weights: str | None = None,
                  bootstrap: int = 0, seed: int = 0, backbone=None):
         """``bootstrap`` > 0 adds 95% intervals (weights are then drawn on the CPU for each image).
 
         ``backbone``: an already built backbone to reuse; it must have the reference's identity.
+        ``reference``: a Reference, or the path of a reference file.
         """
+        if isinstance(reference, (str, os.PathLike)):
+            reference = Reference.load(reference)
         self.reference = reference
         self.backbone = reference.backbone(weights=weights, device=str(device) if device is not None else None,
                                            backbone=backbone)
@@ -39,6 +45,8 @@ class RL2Metric:
     def update(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"RL2Metric.update expects N x 3 x H x W images, got shape {tuple(images.shape)}")
+        if min(images.shape[2:]) < MIN_SIDE:  # as for files: too small to carry tissue texture
+            raise ValueError(f"RL2Metric.update expects images of at least {MIN_SIDE} px a side, got {tuple(images.shape)}")
         if images.is_floating_point() and not bool(((images >= 0) & (images <= 1)).all()):  # also catches NaN
             raise ValueError("RL2Metric.update expects finite float images in [0, 1] (or uint8)")
         z, _ = self.reference.latents_of(self.backbone(images.to(self.device)))

@@ -26,7 +26,7 @@ from .errors import NoImagesError, ReferenceFileError, RL2Error, WeightsError
 from .features import RunLog, extract_features, resolve_device
 from .images import collect_images
 from .latents import FeatureScaler, FlowConfig, build_flow, to_latent, train_flow
-from .statistics import RefMoments
+from .statistics import RefMoments, check_seed
 
 FORMAT = "rl2-reference"
 FORMAT_VERSION = 1
@@ -57,6 +57,7 @@ class Reference:
     image_scores: np.ndarray  # held-out per-image latent distances
     image_nll: np.ndarray  # held-out per-image NLL, nats per dimension
     meta: dict = field(default_factory=dict)
+    path: Path | None = None  # the file it was loaded from or saved to
     _backbone: Backbone | None = field(default=None, repr=False)
 
     @property
@@ -146,7 +147,8 @@ class Reference:
 
         t, self.meta = self._sealed()
         atomic_write_bytes(Path(path), save(t, metadata={"rl2": json.dumps(self.meta)}))
-        return Path(path)
+        self.path = Path(path)
+        return self.path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Reference":
@@ -191,7 +193,7 @@ class Reference:
             raise ReferenceFileError(f"{path}: reference is incomplete or inconsistent ({str(e).splitlines()[0][:160]})") from None
         return cls(
             identity, scaler, flow, cfg, moments, latents, t["ref.features"].numpy(),
-            t["ref.image_scores"].numpy(), t["ref.image_nll"].numpy(), meta,
+            t["ref.image_scores"].numpy(), t["ref.image_nll"].numpy(), meta, path,
         )
 
 
@@ -246,6 +248,7 @@ def fit_reference(
     cfg = config or FlowConfig()
     if not 0 < holdout < 1:
         raise RL2Error(f"holdout must lie strictly between 0 and 1, got {holdout}")
+    check_seed(cfg.seed)
     if cfg.pca_dims < 2:
         raise RL2Error(f"the latent dimension (--dims) must be at least 2, got {cfg.pca_dims}")
     dev = resolve_device(device)

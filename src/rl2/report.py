@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .degrade import apply
-from .files import atomic_write_bytes, atomic_write_text, json_default
+from .files import atomic_write_bytes, atomic_write_text, json_default, json_safe
 from .images import load_rgb
 from .sweep import METRIC_LABELS, METRICS
 
@@ -38,17 +38,6 @@ def _fmt(v, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     return f"{v:.{digits}g}" if abs(v) >= 1e4 or (v and abs(v) < 1e-3) else f"{v:.{digits}f}"
-
-
-def _finite(o):
-    """JSON has no NaN/Infinity: non-finite numbers become null."""
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    if isinstance(o, (float, np.floating)) and not math.isfinite(o):
-        return None
-    return o
 
 
 def _png(fig) -> bytes:
@@ -337,7 +326,7 @@ def write_report(results: dict, outdir) -> list[Path]:
         files["stability_smallest_n.csv"] = smallest_n_csv(stab)
         plots.update({_stability_png(name): plot_stability(c, name) for name, c in stab["conditions"].items()})
     files.update(plots)
-    files["results.json"] = json.dumps(_finite(results), indent=2, default=json_default, allow_nan=False)
+    files["results.json"] = json.dumps(json_safe(results), indent=2, default=json_default, allow_nan=False)
     files["report.html"] = render_html(results, plots, thumbnails(sweep))
     written = []
     for name, data in files.items():

@@ -16,7 +16,7 @@ from typing import Sequence
 from .errors import NoImagesError
 from .backbones import Backbone
 from .features import RunLog, iter_features
-from .files import atomic_open
+from .files import atomic_open, check_output
 from .images import collect_images
 from .reference import Reference
 from .statistics import DEFAULT_BOOTSTRAP, LatentStats, score_sets
@@ -34,6 +34,7 @@ class ScoreResult:
     reference: dict
     skipped: list[dict] = field(default_factory=list)
     n_ignored: int = 0
+    n_duplicates: int = 0  # paths given more than once; each was scored every time
     non_square: int = 0
     mean_image_score: float | None = None
 
@@ -41,13 +42,13 @@ class ScoreResult:
         return dict(self.__dict__)
 
 
-def _sets_result(ref: Reference, stats: LatentStats, seed: int, log: RunLog | None, ignored: int, img_sum: float):
+def _sets_result(ref: Reference, stats: LatentStats, seed: int, log: RunLog | None, imageset, img_sum: float):
     out = score_sets(ref.moments, ref.latents, stats, seed=seed)
     skipped = [{"path": str(s.path), "reason": s.reason} for s in (log.skipped if log else [])]
     return ScoreResult(
         rl2=out["rl2"], l2=out["l2"], rl2_unbiased=out["rl2_unbiased"], d2_unbiased=out["d2_unbiased"],
         ci95=out["ci95"], n_images=stats.n, n_skipped=len(skipped),
-        reference=ref.summary(), skipped=skipped, n_ignored=ignored,
+        reference=ref.summary(), skipped=skipped, n_ignored=len(imageset.ignored), n_duplicates=imageset.n_duplicates,
         non_square=log.non_square if log else 0, mean_image_score=img_sum / stats.n,
     )
 
@@ -63,7 +64,7 @@ def _write_rows(writer, rows) -> None:
 
 
 def score(
-    reference: Reference,
+    reference: Reference | str | os.PathLike,
     images: Sequence[str | os.PathLike] | str | os.PathLike,
     per_image: str | os.PathLike | None = None,
     batch_size: int = 64,
@@ -76,14 +77,18 @@ def score(
     progress: bool = True,
     backbone: Backbone | None = None,
 ) -> ScoreResult:
-    """Score a set of image files against ``reference``.
+    """Score a set of image files against ``reference`` (a Reference, or the path of a reference file).
 
     ``images``: folders (recursive), glob patterns, list files or image paths. Unreadable images are
     skipped, counted and listed in the result (or raise, with ``strict``). ``per_image`` writes a CSV
     with each image's latent distance to the reference mean and its NLL. ``backbone``: an already built
     backbone to reuse; it must have the reference's identity (else WeightsError says what differs).
     """
+    if isinstance(reference, (str, os.PathLike)):
+        reference = Reference.load(reference)
     imageset = collect_images(images)
+    if per_image:
+        check_output(per_image, [*imageset.paths, *([reference.path] if reference.path else [])], "per-image CSV")
     bb = reference.backbone(weights=weights, device=device, backbone=backbone)
     reference.to(next(bb.buffers()).device)
     stats = LatentStats(reference.dims, replicates=bootstrap, seed=seed)
@@ -114,4 +119,4 @@ def score(
             _write_rows(writer, skipped_rows())
         if stats.n == 0:
             raise NoImagesError(f"none of the {log.n_inputs} images could be read (first: {log.skipped[0].reason})")
-    return _sets_result(reference, stats, seed, log, len(imageset.ignored), img_sum)
+    return _sets_result(reference, stats, seed, log, imageset, img_sum)

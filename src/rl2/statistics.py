@@ -14,8 +14,22 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg
 
+from .errors import RL2Error
+
 DEFAULT_BOOTSTRAP = 200
 MIN_BOOTSTRAP = 20  # fewer replicates cannot place the 2.5% and 97.5% percentiles at all
+
+
+def check_bootstrap(replicates: int, seed: int) -> None:
+    """0 replicates (no interval) or at least MIN_BOOTSTRAP; seeds are 0 .. 2**32 - 1."""
+    if not (replicates == 0 or replicates >= MIN_BOOTSTRAP) or int(replicates) != replicates:
+        raise RL2Error(f"bootstrap: {replicates!r} replicates cannot give a 95% interval; use 0 (none) or at least {MIN_BOOTSTRAP}")
+    check_seed(seed)
+
+
+def check_seed(seed: int) -> None:
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed <= 2**32 - 1:
+        raise RL2Error(f"seed must be an integer from 0 to {2**32 - 1}, got {seed!r}")
 
 
 def poisson_weights(seed: int, indices, replicates: int) -> np.ndarray:
@@ -31,6 +45,7 @@ class LatentStats:
     """
 
     def __init__(self, dims: int, replicates: int = DEFAULT_BOOTSTRAP, seed: int = 0):
+        check_bootstrap(replicates, seed)
         self.dims, self.replicates, self.seed = dims, replicates, seed
         self.n = 0
         self.sum = np.zeros(dims)

@@ -9,7 +9,7 @@ import click
 
 from . import __version__
 from .degrade import FAMILIES
-from .cli_common import CONTEXT, EXIT_PARTIAL, bootstrap_option, compute_options, err
+from .cli_common import CONTEXT, EXIT_PARTIAL, bootstrap_option, compute_options, err, seed_option
 from .errors import RL2Error
 
 
@@ -50,13 +50,13 @@ def _n(v) -> str:
 @click.option("--families", help=f"Comma-separated families to sweep (default all: {','.join(FAMILIES)}).")
 @click.option("--levels", help='Override levels of some families, e.g. "blur=0,1,2;noise=0,0.1" (0 is always added).')
 @bootstrap_option("RL2's 95% interval")
-@click.option("--repeats", default=20, show_default=True, help="Seeded subsets per N in the stability run.")
+@click.option("--repeats", default=20, show_default=True, type=click.IntRange(min=1), help="Seeded subsets per N in the stability run.")
 @click.option("--sizes", default="10,25,50,100,200,500", show_default=True,
               help="Subset sizes N for the stability run; all images is always added.")
 @click.option("--stability-on", default="blur=1", show_default=True,
               help="Degraded set for the stability headline (family=level), besides the clean set; 'none' for clean only.")
 @click.option("--no-stability", is_flag=True, help="Skip the stability run.")
-@click.option("--seed", default=0, show_default=True, help="Seed: image i is degraded with seed + i; also subsets and bootstrap.")
+@seed_option("Seed: image i is degraded with seed + i; also subsets and bootstrap.")
 @click.option("--weights", type=click.Path(), help="Backbone weights, if the reference's backbone needs a file (resnet18).")
 @click.option("--force", is_flag=True, help="Overwrite an existing report in OUTDIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout instead of the tables.")
