@@ -183,10 +183,17 @@ def info(reference, as_json):
         print_json({"summary": ref.summary(), "meta": ref.meta})
         return
     s = ref.summary()
+    pre = s.pop("preprocessing")
     for k, v in s.items():
         click.echo(f"{k:14s} {v}")
+    rgb = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
+    click.echo(f"{'input':14s} {pre['input_size']} px, (x/255 - mean) / std with mean {rgb(pre['mean'])}, std {rgb(pre['std'])}")
+    click.echo(f"{'resize':14s} {pre['resize']}")
+    click.echo(f"{'colour':14s} {pre['colour']}")
     click.echo(f"{'created':14s} {ref.meta.get('created')} with rl2 {ref.meta.get('rl2_version')}")
-    click.echo(f"{'counts':14s} {ref.meta.get('counts')}")
+    c = ref.meta["counts"]
+    click.echo(f"{'images':14s} {c['used']} used ({c['train']} train, {c['heldout']} held out) of {c['inputs']}, "
+               f"{c['skipped']} skipped")
     mpp, px = ref.meta.get("data_mpp"), ref.meta.get("data_image_px")
     click.echo(f"{'data':14s} {f'{mpp} um/px' if mpp else 'pixel size not recorded (fit --mpp)'}, images ~{px} px")
     click.echo(f"{'held-out p99':14s} {ref.threshold(99):.4f} (default QC threshold)")
@@ -271,15 +278,31 @@ def _register_optional():
 _register_optional()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`), handled like Ctrl-C: temporary files go, finished ones stay."""
+
+
+def _terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv=None) -> None:
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        _run(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv) -> None:
     try:
         cli.main(args=argv, prog_name="rl2", standalone_mode=False)
-    except click.exceptions.Abort:
-        err("interrupted")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        err("interrupted")
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:  # click turns Ctrl-C into Abort
+        killed = isinstance(e, Terminated) or isinstance(e.__cause__, Terminated)
+        err("terminated" if killed else "interrupted")
+        sys.exit(143 if killed else 130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
@@ -287,7 +310,7 @@ def main(argv=None) -> None:
         err(str(e))
         sys.exit(e.exit_code)
     except MemoryError:
-        err("out of memory; try a smaller --batch-size")
+        err("out of memory; try fewer or smaller images, or a smaller --batch-size where the command has one")
         sys.exit(EXIT_INPUT)
     except OSError as e:  # a path the user gave cannot be written or read (e.g. --per-image in a read-only folder)
         if os.environ.get("RL2_DEBUG"):

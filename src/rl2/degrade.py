@@ -39,6 +39,9 @@ _BETAS = np.linspace(1e-4, 0.02, DIFFUSION_STEPS)
 _ALPHABAR = np.concatenate([[1.0], np.cumprod(1.0 - _BETAS)])
 
 
+MAX_BLUR_SIGMA = 100.0  # px; far beyond any patch's detail, and the filter's memory grows with it
+
+
 def _check_image(img: np.ndarray) -> None:
     if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
         shape = getattr(img, "shape", None)
@@ -52,7 +55,7 @@ def _check_level(kind: str, level, lo: float, hi: float = math.inf) -> float:
         value = float(level)
     except (TypeError, ValueError):
         raise RL2Error(f"{kind} level must be a number, got {level!r}") from None
-    if not lo <= value <= hi:  # also rejects NaN
+    if not (lo <= value <= hi and math.isfinite(value)):  # also rejects NaN and infinity
         raise RL2Error(f"{kind} level {level!r} is out of range [{lo:g}, {hi:g}]")
     return value
 
@@ -73,7 +76,7 @@ def _from_float(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
 def gaussian_blur(img: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
     """Gaussian blur with standard deviation ``sigma`` in pixels (``seed`` unused)."""
     _check_image(img)
-    sigma = _check_level("blur", sigma, 0.0)
+    sigma = _check_level("blur", sigma, 0.0, MAX_BLUR_SIGMA)
     if sigma == 0:
         return img.copy()
     # Sigma 0 on the channel axis blurs each channel separately.
@@ -257,7 +260,7 @@ FAMILIES: dict[str, Family] = {
         Family("salt_pepper", salt_and_pepper, (0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3),
                "pixel fraction", "Pixels set to black or white, half each."),
         Family("occlusion", occlusion, (0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5), "area fraction",
-               "Rectangles of solid colour (black by default) over the image."),
+               "Rectangles of the image's mean colour (or a given colour) over the image."),
         Family("diffusion", diffusion_forward, (0, 10, 25, 50, 100, 200, 400), "timestep",
                "DDPM forward noising, linear betas 1e-4..0.02, T=1000."),
         Family("jpeg", jpeg, (0, 50, 70, 80, 90, 95, 98), "100 - quality",

@@ -50,16 +50,12 @@ class ImageSet:
         return len(self.paths) - len({os.path.realpath(p) for p in self.paths})
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def _from_list_file(path: Path) -> list[Path]:
     out = []
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM (as Notepad writes) is not part of a path
     except UnicodeDecodeError:
-        raise NoImagesError(f"{path}: list file is not UTF-8 text (one image path a line)") from None
+        raise NoImagesError(f"{path}: list file is not UTF-8 text (one path a line)") from None
     except OSError as e:
         raise NoImagesError(f"{path}: cannot read list file ({e.strerror or type(e).__name__})") from None
     for line in text.splitlines():
@@ -70,10 +66,10 @@ def _from_list_file(path: Path) -> list[Path]:
     return out
 
 
-def _from_folder(p: Path, ignored: list[Path]) -> list[Path]:
-    """Image files under ``p``, following linked folders (each real folder once, so loops end).
+def _from_folder(p: Path, ignored: list[Path], suffixes=IMAGE_EXTENSIONS) -> list[Path]:
+    """Files with ``suffixes`` under ``p``, following linked folders (each real folder once, so loops end).
 
-    Broken links with image names are kept, so that reading them reports each one as a skip.
+    Broken links with such names are kept, so that reading them reports each one as a skip.
     """
     files, seen = [], set()
     for root, dirs, names in os.walk(p, followlinks=True):
@@ -84,15 +80,17 @@ def _from_folder(p: Path, ignored: list[Path]) -> list[Path]:
         seen.add(real)
         files += [Path(root, n) for n in names]
     files.sort()
-    ignored += [f for f in files if not _is_image(f)]
-    return [f for f in files if _is_image(f)]
+    ignored += [f for f in files if f.suffix.lower() not in suffixes]
+    return [f for f in files if f.suffix.lower() in suffixes]
 
 
-def collect_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> ImageSet:
+def collect_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, suffixes=IMAGE_EXTENSIONS,
+                   what: str = "images") -> ImageSet:
     """Resolve folders (recursive), glob patterns, list files (.txt, one path a line) and image files.
 
     Order is sorted within each input and inputs keep their order, so results are reproducible.
     A missing path, an empty folder or a pattern that matches nothing is an error, not a silent skip.
+    ``suffixes`` and ``what`` let `rl2 qc` find slides the same way.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -101,33 +99,33 @@ def collect_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> I
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = _from_folder(p, ignored)
+            found = _from_folder(p, ignored, suffixes)
             if not found:
-                raise NoImagesError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise NoImagesError(f"{p}: folder holds no {what} ({', '.join(suffixes)})")
             paths += found
         elif p.is_file() and p.suffix.lower() in LIST_EXTENSIONS:
             listed = _from_list_file(p)
             if not listed:
-                raise NoImagesError(f"{p}: list file names no images")
+                raise NoImagesError(f"{p}: list file names no {what}")
             # Listed folders are searched like folders. Listed entries that are missing, broken or
             # folders without images are kept, so that reading them reports each one as a skip.
             for q in listed:
-                paths += (_from_folder(q, ignored) if q.is_dir() else []) or [q]
+                paths += (_from_folder(q, ignored, suffixes) if q.is_dir() else []) or [q]
         elif p.is_file():
             paths.append(p)
         elif glob.has_magic(str(item)):
             matched = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
             found = []
             for m in matched:  # matched folders are searched like folders given by name
-                found += _from_folder(m, ignored) if m.is_dir() else [m] if _is_image(m) else []
-            ignored += [m for m in matched if not m.is_dir() and not _is_image(m)]
+                found += _from_folder(m, ignored, suffixes) if m.is_dir() else [m] if m.suffix.lower() in suffixes else []
+            ignored += [m for m in matched if not m.is_dir() and m.suffix.lower() not in suffixes]
             if not found:
-                raise NoImagesError(f"{item}: pattern matches no images")
+                raise NoImagesError(f"{item}: pattern matches no {what}")
             paths += found
         else:
             raise NoImagesError(f"{p}: no such file or folder")
     if not paths:
-        raise NoImagesError("no input images given")
+        raise NoImagesError(f"no input {what} given")
     return ImageSet(paths, ignored)
 
 

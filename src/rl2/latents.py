@@ -1,4 +1,4 @@
-"""Features -> latents: a feature scaler (centre, then PCA-whiten) and a neural spline flow (zuko).
+"""Features -> latents: a feature scaler (standardize, then PCA-whiten) and a neural spline flow (zuko).
 
 The flow is trained by maximum likelihood on the scaled features of the real training split, so real
 images map to a standard Gaussian. Everything here is seeded, and the training loop keeps the epoch
@@ -36,18 +36,19 @@ class FlowConfig:
 
 
 class FeatureScaler(torch.nn.Module):
-    """Centre the features, project them on the top principal components and whiten them.
+    """z-score each feature, then project on the top principal components and whiten them.
 
-    The features are not z-scored one by one first: CNN channels that are nearly constant on real H&E
-    (dead after ReLU6) would get tiny scales, so an off-distribution image that wakes one of them up
-    landed thousands of units away and set the whole set's mean by itself (measured in
-    docs/MEASUREMENTS.md). On the covariance of the raw features, such channels carry no weight.
-    Statistics are computed in float64; whitening divides by sqrt(eigenvalue + eps).
+    z-scoring makes channels that are nearly constant on real tissue sensitive: ink or noise that wakes
+    one up moves the image far in latent space, which is what lets the per-image score reject pen
+    marks. The price is that a few such images can dominate a set's mean (docs/MEASUREMENTS.md,
+    "Feature scaling", has both sides measured). Statistics are computed in float64; whitening divides
+    by sqrt(eigenvalue + eps) so that near-zero components do not blow up.
     """
 
-    def __init__(self, mean, components, eigvals):
+    def __init__(self, mean, scale, components, eigvals):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float64))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float64))
         self.register_buffer("components", torch.as_tensor(components, dtype=torch.float64))  # D x d
         self.register_buffer("eigvals", torch.as_tensor(eigvals, dtype=torch.float64))
 
@@ -55,21 +56,24 @@ class FeatureScaler(torch.nn.Module):
     def fit(cls, feats: np.ndarray, dims: int) -> "FeatureScaler":
         x = np.asarray(feats, dtype=np.float64)
         mean = x.mean(0)
+        scale = x.std(0, ddof=1)
+        scale = np.where(scale > 1e-8, scale, 1.0)  # constant features (e.g. dead ReLUs) stay zero
+        xs = (x - mean) / scale
         dims = min(dims, x.shape[0] - 1, x.shape[1])
         # SVD of the data matrix; sign fixed so the same data always gives the same components.
-        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        _, s, vt = np.linalg.svd(xs, full_matrices=False)
         comps = np.ascontiguousarray(vt[:dims].T)
         signs = np.sign(comps[np.abs(comps).argmax(0), range(dims)])
         comps = comps * signs
         eig = s[:dims] ** 2 / (x.shape[0] - 1)
-        return cls(mean, comps, eig)
+        return cls(mean, scale, comps, eig)
 
     @property
     def dims(self) -> int:
         return self.components.shape[1]
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        x = feats.to(self.mean.dtype) - self.mean
+        x = (feats.to(self.mean.dtype) - self.mean) / self.scale
         return ((x @ self.components) / torch.sqrt(self.eigvals + 1e-6)).float()
 
 

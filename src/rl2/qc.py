@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .errors import RL2Error, SlideError
-from .images import prepare
+from .files import check_output, umask
+from .images import collect_images, prepare
 from .qc_report import render_thumbnail, write_index
 from .reference import Reference
 from .slides import open_slide, read_tile, resolve_mpp
@@ -74,13 +75,14 @@ def qc_settings(reference: Reference, target_mpp=None, tile_px=None, stride_px=N
         raise RL2Error("the reference does not record its images' pixel size (fit it with --mpp); "
                        "pass --target-mpp MICRONS_PER_PIXEL to choose the tiling resolution")
     if not (target_mpp > 0 and math.isfinite(target_mpp)):
-        raise RL2Error(f"{source} must be a positive number, got {target_mpp}")
+        raise RL2Error(f"{source} must be a positive number, got {target_mpp}; pass --target-mpp MICRONS_PER_PIXEL")
     if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
         raise RL2Error(f"--mpp must be a positive number, got {mpp}")
     tile_px = int(tile_px if tile_px is not None else reference.meta.get("data_image_px") or DEFAULT_TILE_PX)
     stride_px = int(stride_px if stride_px is not None else tile_px)
-    if tile_px < 16 or stride_px < 1:
-        raise RL2Error(f"tile size must be at least 16 px and stride at least 1 px (got {tile_px}, {stride_px})")
+    if tile_px < 16 or stride_px < max(1, tile_px // 8):
+        raise RL2Error(f"tile size must be at least 16 px and the stride at least 1/8 of it (got {tile_px} and {stride_px} px); "
+                       "smaller strides score each spot over 64 times")
     if not 0 <= min_tissue <= 1:
         raise RL2Error(f"--min-tissue must be between 0 and 1, got {min_tissue}")
     if save_tiles not in SAVE_TILES:
@@ -168,6 +170,7 @@ def qc_slide(
     t0 = time.perf_counter()
     outdir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=outdir, prefix=f".{name}.partial-"))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700 folders; the result gets the usual permissions
     try:
         with open_slide(slide_path) as slide:
             summary = _run(slide, reference, settings, tmp, batch_size, workers, device, progress, name)
@@ -302,15 +305,8 @@ def _run(slide, reference, settings, out: Path, batch_size, workers, device, pro
 
 # -- batches of slides ----------------------------------------------------------------------------
 def expand_slides(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Slide paths from files and folders (a folder contributes its files with slide suffixes, sorted)."""
-    out = []
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SLIDE_SUFFIXES)
-        else:
-            out.append(p)  # a missing file is reported per slide, like a broken one
-    return out
+    """Slide paths from files, folders (recursive), glob patterns and list files, as images are found."""
+    return collect_images(list(inputs), SLIDE_SUFFIXES, "slides").paths
 
 
 def output_names(paths: Sequence[Path]) -> list[str]:
@@ -338,8 +334,7 @@ def qc_batch(
     compute = {k: options.pop(k) for k in ("batch_size", "workers", "device") if k in options}
     settings = qc_settings(reference, **options)
     paths = expand_slides(slides)
-    if not paths:
-        raise RL2Error("no slides given")
+    check_output(outdir, [*slides, *paths], "qc output", folder=True)
     results = []
     for path, name in zip(tqdm(paths, desc="slides", unit="slide", disable=not progress or len(paths) < 2), output_names(paths)):
         try:
@@ -352,5 +347,17 @@ def qc_batch(
         results.append(res)
         if on_result:
             on_result(res)
-    write_index(Path(outdir), results, settings)
+    write_index(Path(outdir), results + _earlier_results(Path(outdir), {r["name"] for r in results}), settings)
     return results
+
+
+def _earlier_results(outdir: Path, names: set[str]) -> list[dict]:
+    """Summaries of slides that earlier runs left in ``outdir``, so index.html lists every slide there."""
+    out = []
+    for d in sorted(p for p in outdir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in names):
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+        except (OSError, ValueError):
+            continue
+        out.append({**summary, "name": d.name, "status": "from an earlier run (its settings are in its summary.json)"})
+    return out

@@ -7,15 +7,15 @@ import sys
 
 import click
 
-from .cli_common import CONTEXT, EXIT_INPUT, EXIT_PARTIAL, compute_options, err
+from .cli_common import CONTEXT, EXIT_INPUT, EXIT_PARTIAL, POSITIVE, compute_options, err
 
 
 @click.command("qc", context_settings=CONTEXT)
 @click.argument("slides", nargs=-1, required=True)
 @click.option("--ref", "reference", required=True, type=click.Path(dir_okay=False), help="Reference made by `rl2 fit`.")
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False), help="Output folder (one sub-folder per slide, plus index.html).")
-@click.option("--mpp", type=float, help="Pixel size (um/px) for slides whose metadata lacks it; slide metadata wins when present.")
-@click.option("--target-mpp", type=float, help="Pixel size to tile at. Default: that of the reference's real images (fit --mpp).")
+@click.option("--mpp", type=POSITIVE, help="Pixel size (um/px) for slides whose metadata lacks it; slide metadata wins when present.")
+@click.option("--target-mpp", type=POSITIVE, help="Pixel size to tile at. Default: that of the reference's real images (fit --mpp).")
 @click.option("--tile-px", type=int, help="Tile side in pixels at --target-mpp. Default: the reference's image size, else 224.")
 @click.option("--stride-px", type=int, help="Step between tiles in pixels at --target-mpp. Default: the tile size (no overlap).")
 @click.option("--min-tissue", default=0.5, show_default=True, help="Minimum tissue fraction for a tile to be scored.")

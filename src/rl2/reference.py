@@ -183,7 +183,9 @@ class Reference:
         try:
             identity = Identity.from_dict(meta["identity"])
             cfg = FlowConfig(**meta["flow_config"])
-            scaler = FeatureScaler(t["scaler.mean"], t["scaler.components"], t["scaler.eigvals"])
+            scaler = FeatureScaler(
+                t["scaler.mean"], t["scaler.scale"], t["scaler.components"], t["scaler.eigvals"]
+            )
             flow = build_flow(scaler.dims, cfg)
             flow.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith("flow.")}, strict=True)
             flow.eval().requires_grad_(False)

@@ -332,4 +332,8 @@ def write_report(results: dict, outdir) -> list[Path]:
     for name, data in files.items():
         (atomic_write_text if isinstance(data, str) else atomic_write_bytes)(out / name, data)
         written.append(out / name)
+    # A rerun with --force must not leave an earlier run's tables or plots beside the new results.
+    for pattern in ("sweep*.csv", "sweep_*.png", "stability*.csv", "stability_*.png"):
+        for stale in set(out.glob(pattern)) - set(written):
+            stale.unlink()
     return written

@@ -370,11 +370,14 @@ def parse_levels(text: str | None) -> dict[str, list[float]]:
         if not part.strip():
             continue
         name, sep, values = part.partition("=")
+        name = name.strip()
         if not sep or not values.strip():
             raise RL2Error(f"--levels: expected family=v1,v2,..., got {part.strip()!r}")
+        if name in out:
+            raise RL2Error(f"--levels: {name} is given twice; list all its levels once ({name}=v1,v2,...)")
         try:
-            out[name.strip()] = [float(v) for v in values.split(",") if v.strip()]
+            out[name] = [float(v) for v in values.split(",")]
         except ValueError:
-            raise RL2Error(f"--levels: levels must be numbers, got {values.strip()!r}") from None
+            raise RL2Error(f"--levels: levels must be numbers separated by single commas, got {values.strip()!r}") from None
     return out
 

@@ -11,6 +11,9 @@ from . import __version__
 from .degrade import FAMILIES
 from .cli_common import CONTEXT, EXIT_PARTIAL, bootstrap_option, compute_options, err, seed_option
 from .errors import RL2Error
+from .files import check_output
+
+FEW_IMAGES = 50
 
 
 
@@ -79,6 +82,7 @@ def command(reference, images, outdir, families, levels, bootstrap, repeats, siz
     from .sweep import DegradedFeatures, parse_levels, resolve_levels, run_stability, run_sweep
 
     out = Path(outdir)
+    check_output(out, images, "sweep output", folder=True)
     if (out / "results.json").exists() and not force:
         raise RL2Error(f"{out}: already holds a report; pass --force to overwrite it")
     fams = None
@@ -97,6 +101,8 @@ def command(reference, images, outdir, families, levels, bootstrap, repeats, siz
                            weights=weights, progress=not quiet, keep=[degradation] if degradation else ())
     for s in src.skipped:
         err(f"skipped {s}")
+    if len(src) < FEW_IMAGES:
+        err(f"warning: only {len(src)} images; FD, KID and the stability run mean little below {FEW_IMAGES}")
     sweep = run_sweep(ref, src, families=list(plan), levels=plan, seed=seed, bootstrap=bootstrap)
     stab = None if no_stability else run_stability(ref, src, sizes=size_list, repeats=repeats, seed=seed,
                                                    degradation=degradation)

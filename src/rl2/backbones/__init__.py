@@ -129,7 +129,10 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
             return load_file(str(path))
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"{path}: cannot load weights ({str(e).splitlines()[0][:200]})") from None
+        # Not torch's own text: it suggests weights_only=False, which would unpickle untrusted code.
+        kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch state-dict"
+        raise WeightsError(f"{path}: not a {kind} file that loads without unpickling code "
+                           f"({type(e).__name__}); give a .pth/.pt state dict or a .safetensors file") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
