@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every acceptance measurement of the closing notes, in one run, on the CPU (about 40 min on 2 cores).
+# Every acceptance measurement of the closing notes, in one run, on the CPU (about 70 min on 2 cores).
 #   scripts/acceptance.sh [OUT]        (default OUT=/tmp/acceptance; needs ../shared beside the repo)
 # Each step writes OUT/<step>.log; the figures in the notes are read off those logs.
 set -euo pipefail
@@ -24,6 +24,11 @@ step cmu_tiles     $PY scripts/cmu_tiles.py $DATA/wsi/CMU-1-Small-Region.svs "$O
 step cmu_fit       $RL2 fit "$OUT/cmu_tiles/A" -o "$OUT/cmu_ref.rl2" --mpp 0.5 -q --force
 step sweep_cmu     $RL2 sweep "$OUT/cmu_ref.rl2" "$OUT/cmu_tiles/B" -o "$OUT/sweep_cmu" --force -q
 step screenshot    bash scripts/screenshot_report.sh "$OUT/sweep_pcam/report.html"
+step scaler        $PY scripts/measure_scaler.py "$OUT/cmu_tiles"
+# Cost against pytorch-fid: needs a separate venv with torchvision (see benchmarks/bench_vs_fid.py).
+TVPY=${TVPY:-/tmp/tvvenv/bin/python}
+if [ -x "$TVPY" ]; then step bench_vs_fid $TVPY benchmarks/bench_vs_fid.py --ref "$OUT/pcam_ref.rl2" --json "$OUT/bench_vs_fid.json"
+else echo "== bench_vs_fid: skipped, no $TVPY"; fi
 
 # Issue 4: QC of the CMU slide, AUC per damage kind, QC benchmark.
 step qc_cmu        $RL2 qc $DATA/wsi/CMU-1-Small-Region.svs --ref "$OUT/pcam_ref.rl2" -o "$OUT/qc" --force -q --save-tiles all

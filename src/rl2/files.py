@@ -86,6 +86,8 @@ def check_output(path, inputs=(), what: str = "output", folder: bool = False) ->
         if not src.exists():
             continue
         src = src.resolve()
+        if out == src and folder:
+            raise RL2Error(f"{path}: the {what} folder may not be the input folder {item}; choose a separate folder")
         if out == src:
             raise RL2Error(f"{path}: the {what} would overwrite the input {item}; choose another name")
         if folder and src.is_dir() and src in out.parents:

@@ -17,7 +17,7 @@ from .cli_common import CONTEXT, EXIT_INPUT, EXIT_PARTIAL, POSITIVE, compute_opt
 @click.option("--mpp", type=POSITIVE, help="Pixel size (um/px) for slides whose metadata lacks it; slide metadata wins when present.")
 @click.option("--target-mpp", type=POSITIVE, help="Pixel size to tile at. Default: that of the reference's real images (fit --mpp).")
 @click.option("--tile-px", type=int, help="Tile side in pixels at --target-mpp. Default: the reference's image size, else 224.")
-@click.option("--stride-px", type=int, help="Step between tiles in pixels at --target-mpp. Default: the tile size (no overlap).")
+@click.option("--stride-px", type=int, help="Step between tiles in pixels at --target-mpp, at least 1/8 of the tile. Default: the tile size (no overlap).")
 @click.option("--min-tissue", default=0.5, show_default=True, help="Minimum tissue fraction for a tile to be scored.")
 @click.option("--threshold", type=float, help="Keep tiles whose score is at most this.")
 @click.option("--percentile", type=float, help="Threshold = this percentile of the reference's held-out real scores [default: 99].")
