@@ -116,9 +116,13 @@ def collect_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, suff
         elif glob.has_magic(str(item)):
             matched = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
             found = []
-            for m in matched:  # matched folders are searched like folders given by name
-                found += _from_folder(m, ignored, suffixes) if m.is_dir() else [m] if m.suffix.lower() in suffixes else []
-            ignored += [m for m in matched if not m.is_dir() and m.suffix.lower() not in suffixes]
+            for m in matched:
+                if m.is_dir():  # searched like a folder given by name
+                    found += _from_folder(m, ignored, suffixes)
+                elif m.suffix.lower() in suffixes:
+                    found.append(m)
+                else:
+                    ignored.append(m)
             if not found:
                 raise NoImagesError(f"{item}: pattern matches no {what}")
             paths += found
