@@ -160,7 +160,8 @@ def test_sweep_force_without_stability_removes_the_old_stability_files(tmp_path,
     common = ["sweep", fitted_reference()[1], *heldout(6), "-o", out, "--families", "blur", "--levels", "blur=0,2",
               "--bootstrap", "0", "-q", "--workers", "0"]
     code, _, err = run_cli(capsys, *common, "--sizes", "3", "--repeats", "2")
-    assert code == 0, err and list(out.glob("stability*"))
+    assert code == 0, err
+    assert list(out.glob("stability*"))
     code, _, err = run_cli(capsys, *common, "--no-stability", "--force")
     assert code == 0, err
     assert not list(out.glob("stability*")) and json.loads((out / "results.json").read_text())["stability"] is None
@@ -209,7 +210,7 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     """`kill` during a qc run leaves no partial folder and says so in one line (exit 143)."""
     big = np.tile(np.asarray(Image.open(heldout(1)[0]).convert("RGB")), (12, 12, 1))
     Image.fromarray(big).save(tmp_path / "slide.png")
-    cmd = [sys.executable, "-c", "from rl2.cli import main; main()", "qc", str(tmp_path / "slide.png"),
+    cmd = [sys.executable, "-c", "from rl2._entry import main; main()", "qc", str(tmp_path / "slide.png"),
            "--ref", str(fitted_reference()[1]), "-o", str(tmp_path / "qc"), "--mpp", "1", "--target-mpp", "1",
            "--tile-px", "96", "--stride-px", "12", "--workers", "0", "--batch-size", "1", "-q"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -220,4 +221,115 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 143 and err.strip().splitlines()[-1] == "rl2: terminated", err
+    assert not list((tmp_path / "qc").glob(".*"))
+
+
+# -- third round -------------------------------------------------------------------------------------------
+
+
+def test_a_fifo_named_png_is_skipped_not_waited_on(tmp_path):
+    d = tmp_path / "in"
+    _copy(heldout(1)[0], d / "a.png")
+    os.mkfifo(d / "pipe.png")
+    res = score(load_reference(), d, bootstrap=0, progress=False, workers=2)
+    assert res.n_images == 1 and res.n_skipped == 1 and "not a regular file" in res.skipped[0]["reason"]
+
+
+def _rl2(*args):
+    """Run the console script in a subprocess; (exit code, stdout bytes, stderr bytes)."""
+    p = subprocess.run([sys.executable, "-c", "from rl2._entry import main; main()", *map(str, args)],
+                       capture_output=True, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_file_names_that_are_not_utf8_survive_csv_and_html(tmp_path):
+    d = tmp_path / "in"
+    _copy(heldout(1)[0], d / "a.png")
+    _copy(heldout(2)[1], d / os.fsdecode(b"caf\xe9.png"))
+    csv_path = tmp_path / "s.csv"
+    code, out, err = _rl2("score", fitted_reference()[1], d, "--per-image", csv_path, "-q", "--bootstrap", "0")
+    assert code == 0, err
+    assert b"caf\xe9.png" in csv_path.read_bytes()
+    canvas = np.full((192, 192, 3), 240, np.uint8)
+    canvas[:96, :96] = np.asarray(Image.open(heldout(1)[0]).convert("RGB"))
+    slide = tmp_path / "slides" / os.fsdecode(b"sl\xe9.png")
+    slide.parent.mkdir()
+    Image.fromarray(canvas).save(slide)
+    code, out, err = _rl2("qc", slide, "--ref", fitted_reference()[1], "-o", tmp_path / "qc", "--mpp", "1",
+                          "--target-mpp", "1", "--tile-px", "96", "-q", "--workers", "0", "--save-tiles", "none")
+    assert code == 0, err
+    assert out.startswith(b"sl\xe9: ") and b"sl\xe9" in (tmp_path / "qc" / "index.html").read_bytes()
+
+
+@pytest.mark.parametrize("tensor", [torch.zeros(2, 3, 32, 32, dtype=torch.int64), torch.zeros(2, 3, 32, 32, dtype=torch.bool)])
+def test_metric_refuses_integer_tensors_other_than_uint8(tensor):
+    m = RL2Metric(load_reference(), device="cpu", backbone=default_backbone())
+    with pytest.raises(ValueError, match="uint8"):
+        m.update(tensor)
+
+
+def test_metric_refuses_numpy_arrays_clearly():
+    m = RL2Metric(load_reference(), device="cpu", backbone=default_backbone())
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        m.update(np.zeros((2, 3, 32, 32), np.uint8))
+
+
+def test_per_image_may_not_overwrite_the_weights_or_a_list_file(tmp_path, capsys):
+    img = _copy(heldout(1)[0], tmp_path / "a.png")
+    lst = tmp_path / "list.txt"
+    lst.write_text("a.png\n")
+    before = lst.read_text()
+    code, _, err = run_cli(capsys, "score", fitted_reference()[1], lst, "--per-image", lst, "--force", "-q")
+    assert code == 2 and "would overwrite the input" in err and lst.read_text() == before
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"the user's weights")
+    with pytest.raises(RL2Error, match="would overwrite"):
+        score(load_reference(), img, per_image=weights, weights=str(weights), progress=False)
+    assert weights.read_bytes() == b"the user's weights"
+
+
+def test_a_slide_smaller_than_one_tile_fails_and_is_reported(tmp_path, capsys):
+    small = tmp_path / "small.png"
+    _copy(heldout(1)[0], small)
+    code, _, err = run_cli(capsys, "qc", small, "--ref", fitted_reference()[1], "-o", tmp_path / "qc", "--mpp", "1",
+                           "--target-mpp", "1", "--tile-px", "200", "-q", "--workers", "0")
+    assert code == 2 and "smaller than one tile" in err
+
+
+def test_duplicate_levels_are_refused():
+    with pytest.raises(RL2Error, match="twice"):
+        parse_levels("blur=0.5,0.5")
+
+
+def test_sweep_force_keeps_files_the_user_put_there(tmp_path, capsys):
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / "stability_mine.png").write_bytes(b"mine")
+    common = ["sweep", fitted_reference()[1], *heldout(6), "-o", out, "--families", "blur", "--levels", "blur=0,2",
+              "--bootstrap", "0", "-q", "--workers", "0", "--no-stability"]
+    assert run_cli(capsys, *common)[0] == 0
+    assert run_cli(capsys, *common, "--force")[0] == 0
+    assert (out / "stability_mine.png").read_bytes() == b"mine"
+
+
+def test_fit_api_checks_data_mpp():
+    from rl2.reference import fit_reference
+
+    with pytest.raises(RL2Error, match="data_mpp"):
+        fit_reference(heldout(30), data_mpp=float("inf"), workers=0, progress=False)
+
+
+def test_sighup_cleans_up_too(tmp_path):
+    big = np.tile(np.asarray(Image.open(heldout(1)[0]).convert("RGB")), (12, 12, 1))
+    Image.fromarray(big).save(tmp_path / "slide.png")
+    cmd = [sys.executable, "-c", "from rl2._entry import main; main()", "qc", str(tmp_path / "slide.png"),
+           "--ref", str(fitted_reference()[1]), "-o", str(tmp_path / "qc"), "--mpp", "1", "--target-mpp", "1",
+           "--tile-px", "96", "--stride-px", "12", "--workers", "2", "--batch-size", "1", "-q"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "qc").glob(".slide.partial-*")):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGHUP)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 129 and err.strip().splitlines()[-1] == "rl2: terminated", err
     assert not list((tmp_path / "qc").glob(".*"))

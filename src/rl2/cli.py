@@ -80,7 +80,7 @@ def fit(real, output, backbone, weights, readout, dims, holdout, seed, mpp, forc
     from .latents import FlowConfig
     from .reference import fit_reference
 
-    check_output(output, [*real, *collect_images(list(real)).paths], "reference file")
+    check_output(output, [*real, *collect_images(list(real)).paths, *([weights] if weights else [])], "reference file")
     if Path(output).exists() and not force:
         raise RL2Error(f"{output}: already exists; pass --force to overwrite it")
     check_writable(output)
@@ -279,30 +279,41 @@ _register_optional()
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`), handled like Ctrl-C: temporary files go, finished ones stay."""
+    """SIGTERM (`kill`) or SIGHUP (a closed terminal), handled like Ctrl-C: temporary files go, finished ones stay."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _terminated(signum, frame):
-    raise Terminated
+    raise Terminated(signum)
 
 
 def main(argv=None) -> None:
     import signal
 
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 are printed as the bytes they are
+        try:
+            stream.reconfigure(errors="surrogateescape")
+        except (AttributeError, ValueError):
+            pass
+
+    previous = {s: signal.signal(s, _terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         _run(argv)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _run(argv) -> None:
     try:
         cli.main(args=argv, prog_name="rl2", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt) as e:  # click turns Ctrl-C into Abort
-        killed = isinstance(e, Terminated) or isinstance(e.__cause__, Terminated)
+        killed = e if isinstance(e, Terminated) else e.__cause__ if isinstance(e.__cause__, Terminated) else None
         err("terminated" if killed else "interrupted")
-        sys.exit(143 if killed else 130)
+        sys.exit(128 + killed.signum if killed else 130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -160,6 +160,8 @@ _OPEN_LOCK = threading.Lock()
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Decode one image file to RGB. Raises ImageError naming the file on any failure."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise ImageError(f"{path}: not a regular file (a pipe, socket or device)")
     try:
         if path.is_file() and path.stat().st_size == 0:
             raise ValueError("empty file, 0 bytes")
@@ -261,6 +263,7 @@ def iter_batches(
     def gather(pending):
         return pending if pool is None else [f.result() for f in pending]
 
+    done = False
     try:
         pending = submit(chunks[0]) if chunks else None
         for k, chunk in enumerate(chunks):
@@ -278,6 +281,7 @@ def iter_batches(
                 non_square += ns
             if idx:
                 yield Batch(idx, np.stack(arrays), non_square)
+        done = True
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:  # after an error or Ctrl-C, do not wait for a thread stuck reading a file
+            pool.shutdown(wait=done, cancel_futures=True)

@@ -13,7 +13,7 @@ import torch
 
 from .images import MIN_SIDE
 from .reference import Reference
-from .statistics import LatentStats, score_sets
+from .statistics import LatentStats, check_bootstrap, score_sets
 
 
 class RL2Metric:
@@ -31,6 +31,7 @@ class RL2Metric:
                                            backbone=backbone)
         self.device = next(self.backbone.buffers()).device
         reference.to(self.device)
+        check_bootstrap(bootstrap, seed)
         self.bootstrap, self.seed = bootstrap, seed
         self.reset()
 
@@ -43,6 +44,10 @@ class RL2Metric:
 
     @torch.no_grad()
     def update(self, images: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"RL2Metric.update expects a torch.Tensor, got {type(images).__name__} (torch.from_numpy?)")
+        if images.dtype != torch.uint8 and not images.is_floating_point():
+            raise ValueError(f"RL2Metric.update expects uint8 (0-255) or float (0-1) images, got {images.dtype}")
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"RL2Metric.update expects N x 3 x H x W images, got shape {tuple(images.shape)}")
         if min(images.shape[2:]) < MIN_SIDE:  # as for files: too small to carry tissue texture

@@ -218,7 +218,8 @@ def _run(slide, reference, settings, out: Path, batch_size, workers, device, pro
     mask_ds = (w0 / mask.shape[1] + h0 / mask.shape[0]) / 2
     xy = np.array(grid_tiles(slide.dimensions, size_l0, stride_l0), dtype=np.int64).reshape(-1, 2)
     if len(xy) == 0:
-        warnings.append(f"the slide ({w0}x{h0} px) is smaller than one tile ({size_l0} px at level 0)")
+        raise SlideError(f"{slide.path}: the slide ({w0}x{h0} px) is smaller than one tile ({size_l0} px at level 0); "
+                         "check --tile-px, --target-mpp and --mpp")
     frac = np.array([tissue_fraction(mask, mask_ds, x, y, size_l0) for x, y in xy], dtype=np.float64)
     scored = frac >= settings["min_tissue"]
     scores = np.full(len(xy), np.nan)
@@ -269,7 +270,7 @@ def _run(slide, reference, settings, out: Path, batch_size, workers, device, pro
         bar.close()
 
     kept = scored & (scores <= thr)
-    with open(out / "tiles.csv", "w", newline="") as f:
+    with open(out / "tiles.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.writer(f)
         w.writerow(["x", "y", "level", "mpp", "tissue_fraction", "score", "kept", "reason"])
         for i in range(len(xy)):

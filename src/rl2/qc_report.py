@@ -110,7 +110,7 @@ tr.failed td{{color:#b00;text-align:left}} .gallery{{display:flex;flex-wrap:wrap
 figure{{margin:0;font-size:11px;text-align:center}} figure img{{image-rendering:pixelated}}
 </style></head><body>
 <h1>RL2 slide QC</h1>
-<p>{len(results)} slides ({n_failed} failed). Tiles of {settings['tile_px']} px at {settings['target_mpp']:.3f} um/px,
+<p>{len(results)} slides ({n_failed} failed). This run: tiles of {settings['tile_px']} px at {settings['target_mpp']:.3f} um/px,
 stride {settings['stride_px']} px; a tile is scored when at least {settings['min_tissue']:.0%} of it is tissue and kept
 when its score is at most {thr:.3f} ({esc(settings['threshold_source'])}). Reference {esc(settings['reference'])}.</p>
 <p><small>{esc(legend(thr, median))}</small></p>

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,6 +252,8 @@ def fit_reference(
     if not 0 < holdout < 1:
         raise RL2Error(f"holdout must lie strictly between 0 and 1, got {holdout}")
     check_seed(cfg.seed)
+    if data_mpp is not None and not (isinstance(data_mpp, (int, float)) and 0 < data_mpp < math.inf):
+        raise RL2Error(f"data_mpp (microns per pixel) must be a finite number above 0, got {data_mpp!r}")
     if cfg.pca_dims < 2:
         raise RL2Error(f"the latent dimension (--dims) must be at least 2, got {cfg.pca_dims}")
     dev = resolve_device(device)

@@ -326,14 +326,20 @@ def write_report(results: dict, outdir) -> list[Path]:
         files["stability_smallest_n.csv"] = smallest_n_csv(stab)
         plots.update({_stability_png(name): plot_stability(c, name) for name, c in stab["conditions"].items()})
     files.update(plots)
-    files["results.json"] = json.dumps(json_safe(results), indent=2, default=json_default, allow_nan=False)
     files["report.html"] = render_html(results, plots, thumbnails(sweep))
+    # A rerun with --force must not leave an earlier run's tables or plots beside the new results: the
+    # previous results.json lists what that run wrote, and only those files are removed.
+    try:
+        earlier = set(json.loads((out / "results.json").read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError):
+        earlier = set()
+    results = {**results, "files": sorted([*files, "results.json"])}
+    files["results.json"] = json.dumps(json_safe(results), indent=2, default=json_default, allow_nan=False)
     written = []
     for name, data in files.items():
         (atomic_write_text if isinstance(data, str) else atomic_write_bytes)(out / name, data)
         written.append(out / name)
-    # A rerun with --force must not leave an earlier run's tables or plots beside the new results.
-    for pattern in ("sweep*.csv", "sweep_*.png", "stability*.csv", "stability_*.png"):
-        for stale in set(out.glob(pattern)) - set(written):
-            stale.unlink()
+    for name in earlier - set(files):
+        if "/" not in name and not name.startswith("."):
+            (out / name).unlink(missing_ok=True)
     return written

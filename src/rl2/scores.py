@@ -88,7 +88,8 @@ def score(
         reference = Reference.load(reference)
     imageset = collect_images(images)
     if per_image:
-        check_output(per_image, [*imageset.paths, *([reference.path] if reference.path else [])], "per-image CSV")
+        inputs = [*([images] if isinstance(images, (str, os.PathLike)) else images), *imageset.paths, reference.path, weights]
+        check_output(per_image, [p for p in inputs if p], "per-image CSV")
     bb = reference.backbone(weights=weights, device=device, backbone=backbone)
     reference.to(next(bb.buffers()).device)
     stats = LatentStats(reference.dims, replicates=bootstrap, seed=seed)
@@ -103,7 +104,7 @@ def score(
         return [(s.index, s.path, None, None, "skipped: " + s.reason.removeprefix(f"{s.path}: ")) for s in new]
 
     # The CSV is streamed to a temporary file that replaces ``per_image`` only if the run succeeds.
-    with atomic_open(per_image, "w", newline="") if per_image else contextlib.nullcontext() as f:
+    with atomic_open(per_image, "w", newline="", encoding="utf-8", errors="surrogateescape") if per_image else contextlib.nullcontext() as f:
         writer = csv.writer(f) if f else None
         if writer:
             writer.writerow(CSV_HEADER)

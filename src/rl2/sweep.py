@@ -379,5 +379,7 @@ def parse_levels(text: str | None) -> dict[str, list[float]]:
             out[name] = [float(v) for v in values.split(",")]
         except ValueError:
             raise RL2Error(f"--levels: levels must be numbers separated by single commas, got {values.strip()!r}") from None
+        if len(set(out[name])) != len(out[name]):
+            raise RL2Error(f"--levels: {name} lists a level twice ({values.strip()})")
     return out
 

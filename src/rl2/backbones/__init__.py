@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -120,6 +121,8 @@ def sha256_state_dict(sd: dict) -> str:
 def load_state_dict_file(path: str | os.PathLike) -> dict:
     """Load weights without unpickling arbitrary objects: safetensors, or torch's weights_only loader."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder; give the weights file (.pth, .pt or .safetensors)")
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     try:
@@ -127,7 +130,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about what it refuses; the error below says it in one line
+            warnings.simplefilter("ignore")
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         # Not torch's own text: it suggests weights_only=False, which would unpickle untrusted code.
         kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch state-dict"
