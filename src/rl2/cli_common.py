@@ -32,10 +32,9 @@ def print_json(obj) -> None:
     click.echo(json.dumps(json_safe(obj), indent=2, default=json_default, allow_nan=False))
 
 
-SEED_MAX = 2**32 - 1
-
-
 def seed_option(help: str):
+    from .statistics import SEED_MAX
+
     return click.option("--seed", default=0, show_default=True, type=click.IntRange(0, SEED_MAX), help=help)
 
 
@@ -72,11 +71,14 @@ def _check_device(ctx, param, value):
 
 def bootstrap_option(what: str = "the 95% interval"):
     """--bootstrap: 0 for none, else enough replicates to place 2.5% and 97.5% percentiles."""
-    from .statistics import DEFAULT_BOOTSTRAP, MIN_BOOTSTRAP
+    from .errors import RL2Error
+    from .statistics import DEFAULT_BOOTSTRAP, MIN_BOOTSTRAP, check_bootstrap
 
     def check(ctx, param, value):
-        if 0 < value < MIN_BOOTSTRAP:
-            raise click.BadParameter(f"{value} replicates cannot give a 95% interval; use 0 (none) or at least {MIN_BOOTSTRAP}")
+        try:
+            check_bootstrap(value, 0)
+        except RL2Error as e:
+            raise click.BadParameter(str(e).removeprefix("bootstrap: ")) from None
         return value
 
     return click.option("--bootstrap", default=DEFAULT_BOOTSTRAP, show_default=True, type=click.IntRange(min=0),

@@ -27,9 +27,12 @@ def check_bootstrap(replicates: int, seed: int) -> None:
     check_seed(seed)
 
 
+SEED_MAX = 2**32 - 1
+
+
 def check_seed(seed: int) -> None:
-    if not isinstance(seed, (int, np.integer)) or not 0 <= seed <= 2**32 - 1:
-        raise RL2Error(f"seed must be an integer from 0 to {2**32 - 1}, got {seed!r}")
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
+        raise RL2Error(f"seed must be an integer from 0 to {SEED_MAX}, got {seed!r}")
 
 
 def poisson_weights(seed: int, indices, replicates: int) -> np.ndarray:
